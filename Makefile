@@ -1,0 +1,42 @@
+# One-command set-up: `make demo` generates a scene, `make test` runs the suite.
+# Both create .venv (Python 3.11) on first use and re-install only when a requirements file changed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := $(VENV)/.stamps
+EXAMPLE ?= ../shared/examples/paved-plaza.json
+OUTPUT_DIR ?= outputs
+
+.PHONY: demo test test-all bench clean
+
+$(PY):
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMPS)/runtime: requirements.txt pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@mkdir -p $(STAMPS) && touch $@
+
+# gsplat is installed without its dependencies so that pip never resolves a CUDA torch for it.
+$(STAMPS)/test: requirements-test.txt $(STAMPS)/runtime
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps gsplat==1.5.3
+	@mkdir -p $(STAMPS) && touch $@
+
+demo: $(STAMPS)/runtime
+	$(PY) -m flashworld_jax.generate --config=configs/flashworld.py:tiny \
+	  --input=$(EXAMPLE) --output_dir=$(OUTPUT_DIR) --video_fps=2
+
+test: $(STAMPS)/test
+	$(PY) -m pytest
+
+test-all: $(STAMPS)/test
+	$(PY) -m pytest -m ""
+
+bench: $(STAMPS)/test
+	for b in rasterizer denoiser vae text_encoder; do $(PY) -m bench.$$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .jax_cache .pytest_cache $(OUTPUT_DIR)

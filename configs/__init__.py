@@ -1,0 +1,1 @@
+"""ml_collections configs, loaded with `config_flags.DEFINE_config_file` as `configs/<name>.py:<arg>`."""

@@ -1,0 +1,126 @@
+"""FlashWorld model and sampling config, shared by every entry point.
+
+`get_config("5b")`: the original's dimensions (Wan2.2-TI2V-5B DiT, Wan2.2 VAE, umT5-XXL, D_G).
+`get_config("tiny")`: the same architecture at toy widths; runs in seconds on CPU, random weights.
+Select on the command line with `--config=configs/flashworld.py:tiny` and override any field with
+`--config.dit.num_layers=4` and the like.
+"""
+import ml_collections
+
+VARIANTS = ("5b", "tiny")
+
+
+def _dit(variant):
+  c = ml_collections.ConfigDict()
+  c.latent_channels = 48          # VAE z_dim: noisy-latent input and velocity output
+  c.patch_size = (1, 2, 2)
+  c.freq_dim = 256                # timestep sinusoid features
+  c.rope_theta = 10000.0
+  c.rope_max_seq_len = 1024       # positions per axis (views, rows, columns)
+  c.eps = 1e-6
+  c.timestep_mode = "scalar"      # "scalar": one t per sample; "per_token": Wan2.2-TI2V style
+  # FlashWorld channel extensions (spec §3); switch all off for the plain Wan2.2 transformer.
+  c.raymap_channels = 6
+  c.condition_latent = True
+  c.feedback_feature = True
+  c.feedback_latent = True
+  c.use_raymap = True
+  c.feature_head = True           # the 1024-channel feature output
+  c.dtype = "bfloat16"            # matmul / activation dtype; norms and modulation run in fp32
+  c.param_dtype = "float32"
+  c.attention = "auto"            # "auto" | "xla" | "cudnn" | "splash"
+  c.scan_layers = True
+  c.remat_policy = "none"         # "none" | "full" | "save_attention" | "save_dots"
+  if variant == "5b":
+    c.num_layers, c.num_heads, c.head_dim = 30, 24, 128
+    c.ffn_dim = 14336
+    c.text_dim = 4096
+    c.feature_dim = 1024
+  else:
+    c.num_layers, c.num_heads, c.head_dim = 2, 2, 24
+    c.ffn_dim = 64
+    c.text_dim = 32
+    c.feature_dim = 32
+  return c
+
+
+def _vae(variant):
+  c = ml_collections.ConfigDict()
+  c.z_dim = 48
+  c.patch_size = 2
+  c.dim_mult = (1, 2, 4, 4)
+  c.temporal_downsample = (False, True, True)
+  c.is_residual = True
+  c.eps = 1e-12                   # RMS norm: x / max(||x||, eps)
+  c.logvar_clamp = (-30.0, 20.0)
+  # Latent statistics are read from the Wan2.2 `vae/config.json` by the converter and stored with
+  # the weights; these placeholders (mean 0, std 1) are what a random-initialised model uses.
+  c.latents_mean = (0.0,) * 48
+  c.latents_std = (1.0,) * 48
+  c.dtype = "float32"
+  if variant == "5b":
+    c.base_dim, c.decoder_base_dim, c.num_res_blocks = 160, 256, 2
+  else:
+    c.base_dim, c.decoder_base_dim, c.num_res_blocks = 8, 8, 1
+  return c
+
+
+def _gaussian_decoder(variant):
+  c = ml_collections.ConfigDict()
+  c.gaussians_per_pixel = 2
+  c.sh_degree = 2
+  c.depth_bias = 0.0              # log(1)
+  c.opacity_init = 0.1
+  c.scale_init = 1.0 / 16.0
+  c.depth_grad_clamp = 10.0       # trunc_exp: backward uses exp(clamp(raw, -10, 10))
+  c.dtype = "float32"
+  del variant                     # widths follow the VAE decoder and the DiT feature head
+  return c
+
+
+def _text(variant):
+  c = ml_collections.ConfigDict()
+  c.max_length = 512
+  c.prefix = "[Static] "          # added by the pipeline, not by the encoder
+  c.relative_attention_num_buckets = 32
+  c.relative_attention_max_distance = 128
+  c.eps = 1e-6
+  c.dtype = "bfloat16"
+  c.param_dtype = "float32"
+  c.tokenizer = "byte"            # "byte" or a local Hugging Face tokenizer directory / file
+  if variant == "5b":
+    c.vocab_size, c.d_model, c.num_layers, c.num_heads, c.d_kv, c.d_ff = 256384, 4096, 24, 64, 64, 10240
+  else:
+    c.vocab_size, c.d_model, c.num_layers, c.num_heads, c.d_kv, c.d_ff = 384, 32, 2, 4, 8, 64
+  return c
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  variant = arg or "tiny"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/flashworld.py: unknown variant {variant!r}; expected one of {VARIANTS}")
+  cfg = ml_collections.ConfigDict()
+  cfg.variant = variant
+  cfg.dit = _dit(variant)
+  cfg.vae = _vae(variant)
+  cfg.gaussian_decoder = _gaussian_decoder(variant)
+  cfg.text = _text(variant)
+
+  cfg.render = ml_collections.ConfigDict()
+  cfg.render.near_plane = 0.01
+  cfg.render.far_plane = 1000.0
+  cfg.render.backend = "auto"
+
+  cfg.scheduler = ml_collections.ConfigDict()
+  cfg.scheduler.num_train_timesteps = 1000
+  cfg.scheduler.shift = 3.0
+  cfg.scheduler.step_indices = (0, 250, 500, 750)
+
+  cfg.mesh = ml_collections.ConfigDict()
+  cfg.mesh.data = -1
+  cfg.mesh.fsdp = 1
+  cfg.mesh.tensor = 1
+  cfg.mesh.sequence = 1
+
+  cfg.seed = 0
+  return cfg

@@ -1,0 +1,1 @@
+"""Weight import: released PyTorch / safetensors checkpoints → our NNX states → Orbax."""

@@ -1,0 +1,37 @@
+"""Test set-up: 8 fake CPU devices and a persistent compilation cache, before JAX initialises."""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+
+import jax  # noqa: E402  (must come after the environment set-up above)
+import pytest  # noqa: E402
+
+_CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".jax_cache")
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_collection_modifyitems(config, items):
+  backend = jax.default_backend()
+  for item in items:
+    for platform in ("gpu", "tpu"):
+      if platform in item.keywords and backend != platform:
+        item.add_marker(pytest.mark.skip(reason=f"needs a {platform} backend, have {backend}"))
+
+
+@pytest.fixture
+def mesh8():
+  """The fake 8-device CPU mesh, (data, fsdp, tensor, sequence) = (1, 2, 4, 1)."""
+  from flashworld_jax import sharding
+  return sharding.make_mesh(data=1, fsdp=2, tensor=4, sequence=1)
+
+
+@pytest.fixture
+def mesh1():
+  """A one-device mesh: annotated NNX modules need a mesh to be created (eager sharding)."""
+  from flashworld_jax import sharding
+  return sharding.single_device_mesh()
