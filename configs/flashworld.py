@@ -110,6 +110,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   cfg.render.near_plane = 0.01
   cfg.render.far_plane = 1000.0
   cfg.render.backend = "auto"
+  # Static per-view render capacity of the sampler (grown and re-run on overflow): intersections
+  # per Gaussian of the scene, and Gaussians per 16×16 tile.
+  cfg.render.isects_per_gaussian = 3.0
+  cfg.render.tile_capacity = 8192
 
   cfg.scheduler = ml_collections.ConfigDict()
   cfg.scheduler.num_train_timesteps = 1000

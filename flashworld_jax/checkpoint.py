@@ -8,7 +8,7 @@ the layout, never the saved one.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import ml_collections
@@ -62,15 +62,14 @@ def available_components(directory: str) -> set[str]:
     return {name for name in COMPONENTS if os.path.isdir(os.path.join(step_dir, name))}
 
 
-def restore_component(directory: str, name: str, model: nnx.Module) -> None:
-  """Loads component `name` into `model` in place, keeping `model`'s shardings."""
+def _restore_state(directory: str, name: str, state: nnx.State) -> nnx.State:
+  """Restores component `name` into the shapes, dtypes and shardings of `state`."""
   if name not in COMPONENTS:
     raise CheckpointError(f"unknown component {name!r}; expected one of {COMPONENTS}")
   present = available_components(directory)
   if name not in present:
     raise CheckpointError(
         f"checkpoint {directory!r} has no {name!r} component (it has {sorted(present) or 'none'})")
-  state = nnx.state(model)
   target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), state)
   mngr, step = _latest_step_dir(directory)
@@ -81,7 +80,22 @@ def restore_component(directory: str, name: str, model: nnx.Module) -> None:
       raise CheckpointError(
           f"checkpoint {directory!r}: component {name!r} does not match the model built from the "
           f"config ({e})") from e
-  nnx.update(model, restored[name])
+  return restored[name]
+
+
+def restore_component(directory: str, name: str, model: nnx.Module) -> None:
+  """Loads component `name` into `model` in place, keeping `model`'s shardings."""
+  nnx.update(model, _restore_state(directory, name, nnx.state(model)))
+
+
+def load_component(directory: str, name: str, create_fn: Callable[[], nnx.Module],
+                   mesh: jax.sharding.Mesh) -> nnx.Module:
+  """Builds `create_fn()` abstractly (nothing allocated) and fills it from the checkpoint.
+
+  Large models are never random-initialised just to be overwritten. Call under the logical rules.
+  """
+  graphdef, abstract = nnx.get_abstract_model(create_fn, mesh)
+  return nnx.merge(graphdef, _restore_state(directory, name, abstract))
 
 
 def restore_config(directory: str) -> ml_collections.ConfigDict | None:

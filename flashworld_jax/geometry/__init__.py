@@ -1,0 +1,1 @@
+"""Camera geometry: quaternions, camera vectors, rays, trajectories and image crops (spec §7)."""
