@@ -86,7 +86,8 @@ def _text(variant):
   c.relative_attention_max_distance = 128
   c.eps = 1e-6
   c.dtype = "bfloat16"
-  c.param_dtype = "float32"
+  # The encoder is frozen: bf16 weights (11.4 GB at 5b instead of 23 GB) with fp32 norm statistics.
+  c.param_dtype = "bfloat16" if variant == "5b" else "float32"
   c.tokenizer = "byte"            # "byte" or a local Hugging Face tokenizer directory / file
   if variant == "5b":
     c.vocab_size, c.d_model, c.num_layers, c.num_heads, c.d_kv, c.d_ff = 256384, 4096, 24, 64, 64, 10240
