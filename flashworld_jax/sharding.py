@@ -93,9 +93,13 @@ def logical_to_spec(logical_names: Sequence[str | None]) -> P:
 
 
 def constrain(x: jax.Array, logical_names: Sequence[str | None]) -> jax.Array:
-  """Sharding constraint on an activation by logical names; a no-op outside a mesh context."""
+  """Sharding constraint on an activation by logical names.
+
+  A no-op outside a mesh context and on concrete arrays (eager calls): the constraint guides the
+  partitioner inside jit, while eager arrays keep whatever placement they already have.
+  """
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh is None or mesh.empty:
+  if mesh is None or mesh.empty or not isinstance(x, jax.core.Tracer):
     return x
   return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_names))
 

@@ -1,0 +1,1 @@
+"""Networks: the DiT denoiser, the VAE, the Gaussian decoder and the text encoder."""

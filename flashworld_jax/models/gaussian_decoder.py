@@ -1,0 +1,66 @@
+"""3D Gaussian decoder D_G (REF `WANDecoderPixelAligned3DGSReconstructionModel`; spec §5).
+
+A copy of the per-view Wan2.2 VAE decoder without conv_out and final unpatchify (so it stops at
+H/2 × W/2), with a zero-initialised `extra_conv_in` that injects the DiT's feature map, a fresh output
+RMS norm, and the pixel-aligned Gaussian head.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from flashworld_jax import sharding
+from flashworld_jax.models import vae_layers as L
+from flashworld_jax.models.gaussian_head import GAUSSIAN_DIM, PixelAlignedGaussianHead
+from flashworld_jax.models.vae import VIEW_AXES, WanVAEDecoder
+
+
+class GaussianDecoder(nnx.Module):
+  """(feature F, normalised x̂₀_MV, cameras) per view → Gaussians f32[V·P·(2h')·(2w'), 38].
+
+  Takes the full FlashWorld config: widths from `cfg.vae`, the feature width from
+  `cfg.dit.feature_dim`, head settings and compute dtype from `cfg.gaussian_decoder`.
+  """
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    vae, head = cfg.vae, cfg.gaussian_decoder
+    self.dtype = jnp.dtype(head.dtype)
+    self.z_dim = vae.z_dim
+    self.feature_dim = cfg.dit.feature_dim
+    self.post_quant_conv = L.conv2d(vae.z_dim, vae.z_dim, 1, dtype=self.dtype, rngs=rngs)
+    self.decoder = WanVAEDecoder(vae, out_channels=None, dtype=self.dtype, rngs=rngs)
+    top_width = vae.decoder_base_dim * vae.dim_mult[-1]
+    self.extra_conv_in = L.conv2d(cfg.dit.feature_dim, top_width, 3, zero_init=True,
+                                  dtype=self.dtype, rngs=rngs)
+    self.gs_head = PixelAlignedGaussianHead(
+        vae.decoder_base_dim * vae.dim_mult[0], gaussians_per_pixel=head.gaussians_per_pixel,
+        sh_degree=head.sh_degree, depth_bias=head.depth_bias, opacity_init=head.opacity_init,
+        scale_init=head.scale_init, depth_grad_clamp=head.depth_grad_clamp, rngs=rngs)
+
+  def trunk(self, feature: jax.Array, latent: jax.Array) -> jax.Array:
+    """Raw latent [V, h, w, z] and feature [V, h, w, F] → head input [V, 8h, 8w, C]."""
+    extra = self.extra_conv_in(sharding.constrain(feature.astype(self.dtype), VIEW_AXES))
+    x = self.post_quant_conv(sharding.constrain(latent.astype(self.dtype), VIEW_AXES))
+    return self.decoder(x, extra_input=extra)
+
+  def __call__(self, feature: jax.Array, latent_mv: jax.Array, cams: jax.Array,
+               unnormalize: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    """feature [V, h, w, F]; latent_mv [V, h, w, z] is the NORMALISED x̂₀_MV (no gradient flows
+    into it; `unnormalize` maps it to raw VAE latents, e.g. `WanVAE.unnormalize_latent`);
+    cams [V, 11] in the normalised frame. Gaussian index = ((v·P + p)·H2 + row)·W2 + col."""
+    if feature.ndim != 4 or feature.shape[-1] != self.feature_dim:
+      raise ValueError(f"feature must be [V, h, w, {self.feature_dim}], got shape {feature.shape}")
+    if latent_mv.shape != feature.shape[:3] + (self.z_dim,):
+      raise ValueError(f"latent_mv must be {feature.shape[:3] + (self.z_dim,)} to match feature, "
+                       f"got shape {latent_mv.shape}")
+    latent = unnormalize(jax.lax.stop_gradient(latent_mv.astype(jnp.float32)))
+    gaussians = self.gs_head(self.trunk(feature, latent), cams)
+    return gaussians.reshape(-1, GAUSSIAN_DIM)
+
+  def fold_lr_multipliers(self) -> None:
+    """Folds the head's learning-rate multipliers into its weights (inference, fp32)."""
+    self.gs_head.fold_lr_multipliers()

@@ -1,0 +1,50 @@
+"""Real spherical-harmonics colour, Sloan's fast form as in gsplat (rasterizer.md §2.4)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+MAX_SH_DEGREE = 3
+
+
+def sh_basis(degree: int, dirs: jax.Array) -> jax.Array:
+  """The (degree+1)² real SH basis values at unit directions `dirs` [..., 3] → [..., (degree+1)²]."""
+  if not 0 <= degree <= MAX_SH_DEGREE:
+    raise ValueError(f"sh_basis: degree={degree}, expected 0..{MAX_SH_DEGREE}")
+  x, y, z = dirs[..., 0], dirs[..., 1], dirs[..., 2]
+  basis = [jnp.full_like(x, 0.2820947917738781)]
+  if degree >= 1:
+    basis += [-0.48860251190292 * y, 0.48860251190292 * z, -0.48860251190292 * x]
+  if degree >= 2:
+    z2 = z * z
+    f_c1 = x * x - y * y
+    f_s1 = 2.0 * x * y
+    basis += [0.5462742152960395 * f_s1, -1.092548430592079 * z * y,
+              0.9461746957575601 * z2 - 0.3153915652525201, -1.092548430592079 * z * x,
+              0.5462742152960395 * f_c1]
+  if degree >= 3:
+    f_c2 = x * f_c1 - y * f_s1
+    f_s2 = x * f_s1 + y * f_c1
+    tmp_c = -2.285228997322329 * z2 + 0.4570457994644658
+    basis += [-0.5900435899266435 * f_s2, 1.445305721320277 * z * f_s1, tmp_c * y,
+              z * (1.865881662950577 * z2 - 1.119528997770346), tmp_c * x,
+              1.445305721320277 * z * f_c1, -0.5900435899266435 * f_c2]
+  return jnp.stack(basis, axis=-1)
+
+
+def sh_to_rgb(degree: int, dirs: jax.Array, coeffs: jax.Array) -> jax.Array:
+  """Colour `max(Σ_k basis_k(normalize(dirs))·coeff_k + 0.5, 0)`.
+
+  dirs [..., 3] need not be unit length; coeffs [..., K, 3] with K ≥ (degree+1)², of which only the
+  first (degree+1)² are used.
+  """
+  n_bases = (degree + 1) ** 2
+  if coeffs.shape[-2] < n_bases:
+    raise ValueError(f"sh_to_rgb: colors have K={coeffs.shape[-2]} coefficients, sh_degree={degree} "
+                     f"needs at least {n_bases}")
+  # Same normalisation as torch's F.normalize: divide by max(|d|, 1e-12).
+  norm = jnp.sqrt(jnp.sum(dirs * dirs, axis=-1, keepdims=True))
+  unit = dirs / jnp.maximum(norm, 1e-12)
+  basis = sh_basis(degree, unit)
+  rgb = jnp.einsum("...k,...kc->...c", basis, coeffs[..., :n_bases, :])
+  return jnp.maximum(rgb + 0.5, 0.0)
