@@ -58,20 +58,6 @@ def _table(w):  # (1, K, D) → (K, D)
   return np.asarray(w).reshape(np.shape(w)[-2:])
 
 
-def _stacked_rule(target: str, source_pattern: str, num_layers: int, transform) -> Rule:
-  """Like mapping.stacked_rules, but a layer whose shape differs is a ConversionError naming it."""
-  keys = tuple(source_pattern.format(i=i) for i in range(num_layers))
-
-  def stack(*arrays):
-    shapes = [np.shape(a) for a in arrays]
-    if len(set(shapes)) > 1:
-      listing = ", ".join(f"{k} {s}" for k, s in zip(keys, shapes))
-      raise ConversionError(f"{target}: per-layer source tensors differ in shape: {listing}")
-    return np.stack([transform(a) for a in arrays])
-
-  return Rule(target, keys, stack)
-
-
 def dit_rules(cfg: ml_collections.ConfigDict, num_layers: int) -> list[Rule]:
   """Mapping rows: our state paths ← diffusers names; per-block rows are stacked when scanned."""
   rules = [Rule("patch_embedding/kernel", ("patch_embedding.weight",), _patch_embedding),
@@ -87,7 +73,7 @@ def dit_rules(cfg: ml_collections.ConfigDict, num_layers: int) -> list[Rule]:
   per_block += [(ours, theirs, lambda x: x) for ours, theirs in _VECTORS.items()]
   for ours, theirs, transform in per_block:
     if cfg.scan_layers:
-      rules.append(_stacked_rule(f"blocks/{ours}", "blocks.{i}." + theirs, num_layers, transform))
+      rules.append(mapping.stacked_rules(f"blocks/{ours}", "blocks.{i}." + theirs, num_layers, transform))
     else:
       rules += [Rule(f"blocks/{i}/{ours}", (f"blocks.{i}.{theirs}",), transform)
                 for i in range(num_layers)]

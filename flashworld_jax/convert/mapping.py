@@ -47,15 +47,22 @@ def flatten(w):
   return np.asarray(w).reshape(-1)
 
 
-def stack(*arrays, transform: Transform = lambda x: x):
-  return np.stack([transform(a) for a in arrays], axis=0)
-
-
 def stacked_rules(target: str, source_pattern: str, num_layers: int,
                   transform: Transform = lambda x: x) -> Rule:
-  """One rule for a scanned-layer leaf: `source_pattern` has `{i}` for the layer index."""
+  """One rule for a scanned-layer leaf: `source_pattern` has `{i}` for the layer index.
+
+  Layers whose source shapes differ are a ConversionError naming each key and shape.
+  """
   keys = tuple(source_pattern.format(i=i) for i in range(num_layers))
-  return Rule(target, keys, lambda *xs: stack(*xs, transform=transform))
+
+  def stack(*arrays):
+    shapes = [np.shape(a) for a in arrays]
+    if len(set(shapes)) > 1:
+      listing = ", ".join(f"{k} {s}" for k, s in zip(keys, shapes))
+      raise ConversionError(f"{target}: per-layer source tensors differ in shape: {listing}")
+    return np.stack([transform(a) for a in arrays], axis=0)
+
+  return Rule(target, keys, stack)
 
 
 def _abstract(leaf):

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from absl import logging
 import jax
 
 
@@ -35,14 +36,19 @@ class Timings:
     if key not in self._compiled:
       start = time.perf_counter()
       self._compiled[key] = jitted.lower(*args).compile()
-      self.compile[kind] = self.compile.get(kind, 0.0) + time.perf_counter() - start
+      seconds = time.perf_counter() - start
+      self.compile[kind] = self.compile.get(kind, 0.0) + seconds
+      logging.info("compiled %-13s %8.3f s", kind, seconds)
     return self._compiled[key]
 
   def run(self, name: str, kind: str, jitted: Callable, *args) -> Any:
     """Compiles (if needed), runs and waits; run time is recorded under `name`."""
     compiled = self.compiled(kind, jitted, *args)
     with self.measure(name):
-      return jax.block_until_ready(compiled(*args))
+      out = jax.block_until_ready(compiled(*args))
+    # Doubles as the progress report of long runs.
+    logging.info("%-22s %8.3f s", name, self.run_seconds[name])
+    return out
 
   def as_dict(self) -> dict:
     return {"compile_seconds": dict(self.compile), "run_seconds": dict(self.run_seconds),
