@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import time
 
 import jax
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bench.timing import timed_interleaved
 from configs.flashworld import get_config
 from flashworld_jax import sharding
 from flashworld_jax.convert import dit as dit_convert
@@ -29,17 +29,6 @@ from flashworld_jax.models import dit
 
 _EXTENSIONS = ("use_raymap", "condition_latent", "feedback_feature", "feedback_latent",
                "feature_head")
-
-
-def _timed_interleaved(fns: dict, repeats: int) -> dict:
-  """Alternates the contenders run by run, so load from other processes hits both alike."""
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
-  return {name: {"best_s": min(t), "median_s": statistics.median(t)} for name, t in times.items()}
 
 
 def bench_config(layers: int, heads: int):
@@ -90,7 +79,7 @@ def main():
       return torch_model(x_t, t_t, context_t, return_dict=False)[0]
 
   ref_out = run_torch().permute(0, 2, 3, 4, 1).numpy()        # warm-up of torch
-  times = _timed_interleaved({
+  times = timed_interleaved({
       "ours": lambda: forward(state, x_j, t_j, context_j).block_until_ready(),
       "diffusers": run_torch}, args.repeats)
   tokens = args.views * (args.height // 2) * (args.width // 2)

@@ -13,25 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 
 import imageio.v2 as imageio
 import numpy as np
 import plyfile
 
+from bench.timing import timed
 from flashworld_jax.export import layout, ply, spz, video, world_frame
-
-
-def _timed(fn, repeats: int) -> dict:
-  fn()  # warm-up (page cache, imports)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return {"best_s": round(min(times), 4), "median_s": round(statistics.median(times), 4)}
 
 
 def _random_gaussians(n: int) -> np.ndarray:
@@ -71,25 +60,25 @@ def main():
     def path(name):
       return os.path.join(tmp, name)
 
-    result["ply_write"] = {"ours": _timed(lambda: ply.write_ply(path("a.ply"), g), args.repeats),
-                           "ref_plyfile_tuples": _timed(lambda: _reference_ply(path("r.ply"), g),
+    result["ply_write"] = {"ours": timed(lambda: ply.write_ply(path("a.ply"), g), args.repeats),
+                           "ref_plyfile_tuples": timed(lambda: _reference_ply(path("r.ply"), g),
                                                         args.repeats)}
     result["ply_write"]["speedup_median"] = round(
         result["ply_write"]["ref_plyfile_tuples"]["median_s"] / result["ply_write"]["ours"]["median_s"], 2)
-    result["ply_read"] = {"ours": _timed(lambda: ply.read_ply(path("a.ply")), args.repeats)}
+    result["ply_read"] = {"ours": timed(lambda: ply.read_ply(path("a.ply")), args.repeats)}
     result["ply_bytes"] = os.path.getsize(path("a.ply"))
     result["spz_write"] = {
-        "ours": _timed(lambda: spz.write_spz(path("a.spz"), g), args.repeats),
-        "ours_compresslevel_1": _timed(lambda: spz.write_spz(path("b.spz"), g, compresslevel=1),
+        "ours": timed(lambda: spz.write_spz(path("a.spz"), g), args.repeats),
+        "ours_compresslevel_1": timed(lambda: spz.write_spz(path("b.spz"), g, compresslevel=1),
                                        args.repeats)}
-    result["spz_read"] = {"ours": _timed(lambda: spz.read_spz(path("a.spz")), args.repeats)}
+    result["spz_read"] = {"ours": timed(lambda: spz.read_spz(path("a.spz")), args.repeats)}
     result["spz_bytes"] = os.path.getsize(path("a.spz"))
     result["spz_bytes_compresslevel_1"] = os.path.getsize(path("b.spz"))
-    result["world_frame"] = {"ours": _timed(lambda: world_frame.gaussians_to_world(g, c2w, 1.7),
+    result["world_frame"] = {"ours": timed(lambda: world_frame.gaussians_to_world(g, c2w, 1.7),
                                             args.repeats)}
     result["mp4_write"] = {
-        "ours": _timed(lambda: video.write_mp4(path("a.mp4"), frames, 15), args.repeats),
-        "ref_imageio_mimwrite": _timed(lambda: imageio.mimwrite(
+        "ours": timed(lambda: video.write_mp4(path("a.mp4"), frames, 15), args.repeats),
+        "ref_imageio_mimwrite": timed(lambda: imageio.mimwrite(
             path("r.mp4"), list(frames), fps=15, quality=8, macro_block_size=1), args.repeats)}
   print(json.dumps(result))
 

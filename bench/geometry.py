@@ -11,24 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench.timing import timed
 from flashworld_jax.geometry import cameras, rays, trajectories
-
-
-def _timed(fn, repeats: int) -> dict:
-  fn()  # warm-up (compilation for ours)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return {"best_s": min(times), "median_s": statistics.median(times)}
 
 
 def _torch_reference():
@@ -105,12 +94,12 @@ def main():
     diff_rays = np.abs(np.asarray(ours_rays(cams_pp_j, offsets_j))
                        - torch_rays(cams_pp_t, gs_h, gs_w, offsets_t)[1].numpy())
     results["raymap"] = {
-        "ours": _timed(lambda: ours_raymap(cams_j).block_until_ready(), args.repeats),
-        "torch_ref": _timed(lambda: torch_raymap(cams_t, lat_h, lat_w), args.repeats),
+        "ours": timed(lambda: ours_raymap(cams_j).block_until_ready(), args.repeats),
+        "torch_ref": timed(lambda: torch_raymap(cams_t, lat_h, lat_w), args.repeats),
         "max_abs_diff": float(diff_map.max())}
     results["gaussian_rays"] = {
-        "ours": _timed(lambda: ours_rays(cams_pp_j, offsets_j).block_until_ready(), args.repeats),
-        "torch_ref": _timed(lambda: torch_rays(cams_pp_t, gs_h, gs_w, offsets_t), args.repeats),
+        "ours": timed(lambda: ours_rays(cams_pp_j, offsets_j).block_until_ready(), args.repeats),
+        "torch_ref": timed(lambda: torch_rays(cams_pp_t, gs_h, gs_w, offsets_t), args.repeats),
         "max_abs_diff": float(diff_rays.max())}
   for key in ("raymap", "gaussian_rays"):
     entry = results[key]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import jax
@@ -18,21 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bench.timing import timed
 from configs.flashworld import get_config
 from flashworld_jax import sharding
 from flashworld_jax.convert import sources
 from flashworld_jax.convert.umt5 import convert_umt5
 from flashworld_jax.models.umt5 import UMT5Encoder
-
-
-def _timed(fn, repeats: int) -> dict:
-  fn()  # warm-up (compilation for ours)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return {"best_s": min(times), "median_s": statistics.median(times)}
 
 
 def main():
@@ -77,12 +67,12 @@ def main():
   start = time.perf_counter()
   ours_out = np.asarray(forward(state, ids_j, mask_j))
   compile_s = time.perf_counter() - start
-  ours = _timed(lambda: forward(state, ids_j, mask_j).block_until_ready(), args.repeats)
+  ours = timed(lambda: forward(state, ids_j, mask_j).block_until_ready(), args.repeats)
 
   ids_t, mask_t = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
   with torch.inference_mode():
     ref_out = hf_model(ids_t, mask_t).last_hidden_state.numpy()
-    ref = _timed(lambda: hf_model(ids_t, mask_t), args.repeats)
+    ref = timed(lambda: hf_model(ids_t, mask_t), args.repeats)
 
   print(json.dumps({
       "benchmark": "text_encoder (UMT5 encoder forward, fp32)",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 import jax
@@ -19,22 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bench.timing import timed_interleaved
 from configs.flashworld import get_config
 from flashworld_jax import sharding
 from flashworld_jax.convert import sources
 from flashworld_jax.convert.vae import convert_vae
 from flashworld_jax.models.vae import WanVAE
-
-
-def _timed_interleaved(fns: dict, repeats: int) -> dict:
-  """Alternates the contenders run by run, so load from other processes hits both alike."""
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
-  return {name: {"best_s": min(t), "median_s": statistics.median(t)} for name, t in times.items()}
 
 
 def main():
@@ -78,7 +67,7 @@ def main():
   video = torch.from_numpy(images).permute(0, 3, 1, 2)[:, :, None].contiguous()
   with torch.inference_mode():
     ref_mean = torch_vae.encode(video).latent_dist.mean[:, :, 0].permute(0, 2, 3, 1).numpy()
-    timings = _timed_interleaved({"ours": lambda: encode(state, images_j).block_until_ready(),
+    timings = timed_interleaved({"ours": lambda: encode(state, images_j).block_until_ready(),
                                   "torch": lambda: torch_vae.encode(video)}, args.repeats)
   ours_t, torch_t = timings["ours"], timings["torch"]
 

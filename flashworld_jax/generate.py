@@ -205,7 +205,8 @@ def run() -> list[str]:
     logging.info("[%d/%d] %s: %d views at %dx%d, seed %d", i + 1, len(requests), req.name,
                  req.num_views, req.height, req.width, seed)
     folders.append(generate_scene(model, tokenizer, req, cfg, _OUTPUT_DIR.value, seed, mesh))
-    print(f"wrote {folders[-1]}", flush=True)
+    files = ", ".join(sorted(os.listdir(folders[-1])))
+    print(f"wrote {os.path.abspath(folders[-1])}: {files}", flush=True)
   return folders
 
 

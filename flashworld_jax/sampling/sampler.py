@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -243,8 +242,12 @@ class StagedSampler:
 
   def render(self, name: str, gaussians: jax.Array, cams: jax.Array,
              settings: RenderSettings | None = None) -> jax.Array:
-    """Renders views with `settings` (default: the sampler's), growing the capacity on overflow."""
-    settings = settings or self.settings
+    """Renders views with `settings` (default: the sampler's), growing the capacity on overflow.
+
+    A capacity grown for the sampler's own settings is kept for its later steps.
+    """
+    own = settings is None
+    settings = self.settings if own else settings
     while True:
       if settings not in self._renders:
         self._renders[settings] = jax.jit(functools.partial(render, settings=settings))
@@ -253,8 +256,8 @@ class StagedSampler:
       n_isects, max_tile_count = int(jnp.max(n_isects)), int(jnp.max(max_tile_count))
       if n_isects <= settings.capacity.max_isects and \
           max_tile_count <= settings.capacity.tile_capacity:
+        if own:
+          self.settings = settings
         return rgb
       settings = dataclasses.replace(
           settings, capacity=grown_capacity(settings.capacity, n_isects, max_tile_count))
-      if name.startswith("step"):
-        self.settings = settings

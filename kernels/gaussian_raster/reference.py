@@ -10,14 +10,14 @@ Backend contract (rasterizer.md §4.5, shared with pallas_tpu.py / pallas_gpu.py
   forward  -> acc f32[n_tiles, D, 256], t_final f32[n_tiles, 256], last i32[n_tiles, 256]
   backward -> g_params f32[n_tiles, 8, Kcap], g_feats f32[n_tiles, D, Kcap]
 
-Design (CPU-tuned; it differs from the per-tile cumprod chunks of §4.3, which measured 4-10× slower
+Design (CPU-tuned; it differs from the cumprod chunks of §4.3, which measured 1.7-6× slower
 here): every tile of a group advances through its list in lockstep, one list position at a time, with
 the literal front-to-back recurrence of §2.6 (T·(1−α), the exclusive stop, a `done` flag). Each loop
 iteration processes CHUNK positions unrolled, so XLA fuses them into one pass over the [tiles, 256]
-pixel state; the loop ends once every list is exhausted or every pixel has stopped. XLA's CPU cumprod
-is an O(n²) reduce-window, which is what made the chunked form slow. The backward recomputes in forward
-order from the saved T_final, acc and `last` (§3.2): inclusion is `kept ∧ index ≤ last`, never
-re-derived from T; it carries T and the prefix Σ wⱼ(cⱼ·g).
+pixel state; a group stops once all its lists are exhausted or all its pixels have stopped. XLA's
+CPU cumprod is an O(n²) reduce-window, which is what made the chunked form slow. The backward
+recomputes in forward order from the saved T_final, acc and `last` (§3.2): inclusion is
+`kept ∧ index ≤ last`, never re-derived from T; it carries T and the prefix Σ wⱼ(cⱼ·g).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 TILE_SIZE = 16
 TILE_PIXELS = TILE_SIZE * TILE_SIZE
 CHUNK = 8                # list positions per loop iteration (unrolled); divides every Kcap used
-TILES_PER_GROUP = 64     # tiles advanced together: fewer loop iterations vs. earlier exits
+TILES_PER_GROUP = 8      # tiles in lockstep: larger amortises loop overhead, smaller exits earlier
 ALPHA_THRESHOLD = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4

@@ -4,10 +4,8 @@ import subprocess
 import sys
 import pathlib
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from configs.flashworld import get_config
 from flashworld_jax import sharding
