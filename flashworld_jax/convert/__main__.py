@@ -18,16 +18,14 @@ mismatches stop the conversion with the offending names and shapes.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 
-from absl import app, flags, logging
-import jax
+from absl import app, flags
 from ml_collections import config_flags
 
-from flashworld_jax import checkpoint, sharding
+from flashworld_jax import checkpoint
 from flashworld_jax.convert import sources
+from flashworld_jax.convert.components import convert
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/flashworld.py:5b", "Model config.")
 _OUTPUT = flags.DEFINE_string("output", None, "Orbax checkpoint directory to write.", required=True)
@@ -37,59 +35,6 @@ _WAN_VAE = flags.DEFINE_string("wan_vae", None, "Diffusers AutoencoderKLWan dire
 _TEXT_ENCODER = flags.DEFINE_string("text_encoder", None, "Hugging Face UMT5 encoder.")
 _INIT_DG = flags.DEFINE_bool("init_gaussian_decoder_from_vae", False,
                              "Initialise the Gaussian decoder from the VAE decoder (training).")
-
-
-def _vae_config(path: str) -> dict:
-  config_path = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
-  if not os.path.isfile(config_path):
-    raise sources.ConversionError(
-        f"--wan_vae={path}: expected the diffusers VAE config (latents_mean/std) at {config_path}")
-  with open(config_path) as f:
-    return json.load(f)
-
-
-def convert(cfg, output: str, *, flashworld_ckpt=None, wan_transformer=None, wan_vae=None,
-            text_encoder=None, init_gaussian_decoder_from_vae=False) -> dict:
-  """Converts the given sources and writes them as one checkpoint; returns the component names."""
-  # Imported here so that `--help` stays fast and each converter loads only when used.
-  from flashworld_jax.convert import dit as dit_convert  # pylint: disable=import-outside-toplevel
-  from flashworld_jax.convert import umt5 as umt5_convert  # pylint: disable=import-outside-toplevel
-  from flashworld_jax.convert import vae as vae_convert  # pylint: disable=import-outside-toplevel
-
-  if flashworld_ckpt and wan_transformer:
-    raise sources.ConversionError("give either --flashworld_ckpt or --wan_transformer for the DiT")
-  if init_gaussian_decoder_from_vae and (flashworld_ckpt or not wan_vae):
-    raise sources.ConversionError(
-        "--init_gaussian_decoder_from_vae needs --wan_vae and no --flashworld_ckpt")
-  states = {}
-  mesh = sharding.single_device_mesh()
-  with jax.set_mesh(mesh), sharding.rules():
-    if flashworld_ckpt:
-      source = sources.read_any(flashworld_ckpt)
-      logging.info("DiT from %s", flashworld_ckpt)
-      states["dit"] = dit_convert.convert_dit(cfg.dit, source.subset("transformer"))
-      logging.info("Gaussian decoder from %s", flashworld_ckpt)
-      states["gaussian_decoder"] = vae_convert.convert_gaussian_decoder(
-          cfg, source.subset("recon_decoder"))
-    if wan_transformer:
-      logging.info("DiT from %s", wan_transformer)
-      states["dit"] = dit_convert.convert_dit(cfg.dit, sources.read_safetensors(wan_transformer))
-    if wan_vae:
-      logging.info("VAE from %s", wan_vae)
-      vae_source = sources.read_safetensors(wan_vae)
-      states["vae"] = vae_convert.convert_vae(cfg, vae_source, _vae_config(wan_vae))
-      if init_gaussian_decoder_from_vae:
-        states["gaussian_decoder"] = vae_convert.gaussian_decoder_from_vae(cfg, vae_source)
-    if text_encoder:
-      logging.info("Text encoder from %s", text_encoder)
-      states["text_encoder"] = umt5_convert.convert_umt5(
-          cfg.text, sources.read_safetensors(text_encoder))
-  if not states:
-    raise sources.ConversionError(
-        "nothing to convert: give at least one of --flashworld_ckpt, --wan_transformer, --wan_vae, "
-        "--text_encoder")
-  checkpoint.save_components(output, states, cfg)
-  return sorted(states)
 
 
 def main(argv):

@@ -10,7 +10,7 @@ import pytest
 from configs.flashworld import get_config
 from flashworld_jax import sharding
 from flashworld_jax.convert import dit as dit_convert
-from flashworld_jax.convert.__main__ import convert
+from flashworld_jax.convert.components import convert
 from flashworld_jax.models.flashworld import build_flashworld
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
