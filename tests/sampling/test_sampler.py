@@ -116,7 +116,9 @@ def test_fused_sampler_is_one_function_and_reproducible(scene):
     other, _, _ = sampler.sample_scene(model, cond, jax.random.key(6), cfg=cfg, settings=settings)
   assert used == settings
   assert np.array_equal(np.asarray(fused), np.asarray(again))
-  assert _rel(fused, staged) < 1e-4
+  # One program vs per-stage programs: XLA fuses differently, and over four steps the renders'
+  # threshold tests amplify float32 rounding (measured 2e-4); another seed differs by ~1e-1.
+  assert _rel(fused, staged) < 2e-3
   assert _rel(fused, other) > 1e-3
 
 
