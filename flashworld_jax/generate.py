@@ -165,8 +165,7 @@ def generate_scene(model, tokenizer, req, cfg, output_dir: str, seed: int, mesh)
       gaussians, _ = staged(cond, sample_key)
     frames = None
     if _VIDEO.value:
-      with timings.measure("export/video_total"):
-        frames = render_video(staged, gaussians, frame, _VIDEO_FPS.value, staged.settings)
+      frames = render_video(staged, gaussians, frame, _VIDEO_FPS.value, staged.settings)
   folder = os.path.join(output_dir, req.name)
   with atomic.atomic_directory(folder) as tmp:
     with timings.measure("export/world_frame"):
