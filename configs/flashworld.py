@@ -88,7 +88,9 @@ def _text(variant):
   c.dtype = "bfloat16"
   # The encoder is frozen: bf16 weights (11.4 GB at 5b instead of 23 GB) with fp32 norm statistics.
   c.param_dtype = "bfloat16" if variant == "5b" else "float32"
-  c.tokenizer = "byte"            # "byte" or a local Hugging Face tokenizer directory / file
+  # "byte" (toy configs without a vocabulary) or a local tokenizer directory / file; the real
+  # encoder needs the Wan2.2 tokenizer, which is the user's to supply (`--tokenizer`).
+  c.tokenizer = "" if variant == "5b" else "byte"
   if variant == "5b":
     c.vocab_size, c.d_model, c.num_layers, c.num_heads, c.d_kv, c.d_ff = 256384, 4096, 24, 64, 64, 10240
   else:

@@ -193,9 +193,13 @@ def run() -> list[str]:
   cfg = _CONFIG.value
   _apply_dtype(cfg, _DTYPE.value)
   requests = collect_requests()
+  tokenizer_spec = _TOKENIZER.value or cfg.text.tokenizer
+  if not tokenizer_spec:
+    raise GenerateError(f"the {cfg.variant} text encoder needs its tokenizer: pass "
+                        "--tokenizer=<Wan2.2-TI2V-5B-Diffusers/tokenizer> (a local directory)")
+  tokenizer = load_tokenizer(tokenizer_spec)
   mesh = sharding.single_device_mesh()
   model, _ = build_flashworld(cfg, mesh, _CHECKPOINT.value, seed=cfg.seed)
-  tokenizer = load_tokenizer(_TOKENIZER.value or cfg.text.tokenizer)
   folders = []
   for i, req in enumerate(requests):
     seed = _SEED.value if _SEED.value is not None else req.seed

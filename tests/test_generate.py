@@ -20,9 +20,9 @@ CONFIG = os.path.join(REPO, "configs", "flashworld.py") + ":tiny"
 SMALL = ["--num_views=10", "--resolution=64,96", "--video_fps=2"]
 
 
-def _run(argv):
+def _run(argv, config=CONFIG):
   with flagsaver.flagsaver():
-    flags.FLAGS(["generate", f"--config={CONFIG}", *argv])
+    flags.FLAGS(["generate", f"--config={config}", *argv])
     return generate.run()
 
 
@@ -134,3 +134,9 @@ def test_failure_during_export_leaves_no_folder(tmp_path, monkeypatch):
     _run(["--text=a room", "--num_views=2", "--resolution=32,32", f"--output_dir={out}",
           "--video=false"])
   assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_real_size_config_asks_for_its_tokenizer(tmp_path):
+  config_5b = os.path.join(REPO, "configs", "flashworld.py") + ":5b"
+  with pytest.raises(generate.GenerateError, match="--tokenizer"):
+    _run(["--text=a room", f"--output_dir={tmp_path}"], config=config_5b)
