@@ -112,7 +112,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   cfg.render = ml_collections.ConfigDict()
   cfg.render.near_plane = 0.01
   cfg.render.far_plane = 1000.0
-  cfg.render.backend = "auto"
+  # "auto" picks the Pallas kernel of the platform (TPU / Hopper GPU). They are tested in interpret
+  # mode only, not yet on hardware, so generation defaults to the XLA compositor everywhere.
+  cfg.render.backend = "xla"
   # Static per-view render capacity of the sampler (grown and re-run on overflow): intersections
   # per Gaussian of the scene, and Gaussians per 16×16 tile.
   cfg.render.isects_per_gaussian = 3.0
