@@ -4,6 +4,18 @@ The per-pair functions are written on broadcastable arrays so both kernels use t
 kernel calls them on [256 px, 128 Gaussians] blocks (pixel columns against Gaussian rows), the GPU kernel
 on [256] pixel vectors against scalar Gaussian parameters. Semantics are gsplat 1.5.3 classic
 (rasterizer.md §2.6, §3.1); the constants come from reference.py so every backend shares one copy.
+
+Backend contract (shared by every compositor backend, `reference.py` included):
+  forward(params f32[n_tiles, 8, Kcap] (rows mean_x, mean_y, conic_a, conic_b, conic_c, opacity, 0, 0;
+          padding slots have opacity 0; Kcap a multiple of 128 here), feats f32[n_tiles, D, Kcap],
+          counts i32[n_tiles] (valid, front-to-back slots first), *, tiles_per_row, tiles_per_image,
+          interpret) -> (acc f32[n_tiles, D, 256], t_final f32[n_tiles, 256], last i32[n_tiles, 256]:
+          the slot of each pixel's last blended pair, −1 if none). Tile t covers pixels from
+          x0 = ((t % tiles_per_image) % tiles_per_row)·16, y0 = ((t % tiles_per_image) // tiles_per_row)·16.
+  backward(params, feats, counts, acc, t_final, last, g_acc f32[n_tiles, D, 256], g_t f32[n_tiles, 256],
+           *, ...) -> (g_params f32[n_tiles, 8, Kcap] (rows 0-5: d/d mean_x, mean_y, a, b, c, opacity;
+           rows 6-7 zero), g_feats f32[n_tiles, D, Kcap]), per slot, evaluated in forward order from the
+           saved acc, t_final and last (rasterizer.md §3.1-3.2).
 """
 from __future__ import annotations
 

@@ -152,25 +152,13 @@ def _forward_chunk(chunk, pixels_ref, params_ref, feats_ref, acc_ref, trans_ref,
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def forward(params: jax.Array, feats: jax.Array, counts: jax.Array, *, tiles_per_row: int,
             tiles_per_image: int, interpret: Any = False):
-  """Composites per-tile slabs front to back (gsplat classic, rasterizer.md §2.6).
+  """Composites per-tile slabs front to back (gsplat classic); the contract is in `pallas_common`.
 
-  Args:
-    params: f32[n_tiles, 8, Kcap] rows (mean_x, mean_y, conic_a, conic_b, conic_c, opacity, 0, 0);
-      padding slots have opacity 0. Kcap must be a multiple of 128.
-    feats: f32[n_tiles, D, Kcap].
-    counts: i32[n_tiles] valid slots per tile. Validated only: the kernel relies on padding opacity 0.
-    tiles_per_row, tiles_per_image: tile t covers pixels from x0 = ((t % tiles_per_image) %
-      tiles_per_row)·16, y0 = ((t % tiles_per_image) // tiles_per_row)·16.
-    interpret: False on a Hopper+ GPU; True runs the per-chunk body in the generic Pallas interpreter;
-      a Mosaic GPU interpreter params object runs the whole kernel in that interpreter.
-
-  Returns:
-    acc f32[n_tiles, D, 256], t_final f32[n_tiles, 256] and last i32[n_tiles, 256], the slot of the
-    last blended pair per pixel (−1 if none).
-
-  Raises:
-    NotImplementedError: not on a Hopper+ GPU and not interpreting, Kcap not a multiple of 128,
-      non-f32 slabs.
+  `counts` is only validated: the kernel relies on padding opacity 0 (Mosaic GPU has no scalar
+  prefetch). `interpret`: False on a Hopper+ GPU; True runs the per-chunk body in the generic Pallas
+  interpreter; a Mosaic GPU interpreter params object runs the whole kernel in that interpreter.
+  Raises NotImplementedError when not on a Hopper+ GPU and not interpreting, for Kcap not a multiple
+  of 128 and for non-f32 slabs.
   """
   common.check_slabs(params, feats, counts, _BACKEND)
   _check_platform(interpret)
@@ -242,18 +230,7 @@ def _backward_chunk(chunk, params_ref, feats_ref, g_acc_ref, pixel_terms_ref, g_
 def backward(params: jax.Array, feats: jax.Array, counts: jax.Array, acc: jax.Array,
              t_final: jax.Array, last: jax.Array, g_acc: jax.Array, g_t: jax.Array, *,
              tiles_per_row: int, tiles_per_image: int, interpret: Any = False):
-  """Per-slot gradients of the compositor (rasterizer.md §3.1), in forward order from the saved
-  `acc`, `t_final` and `last` (§3.2).
-
-  Args:
-    params, feats, counts, tiles_per_row, tiles_per_image, interpret: as in `forward`.
-    acc, t_final, last: `forward`'s outputs for these slabs.
-    g_acc: f32[n_tiles, D, 256] cotangent of acc; g_t: f32[n_tiles, 256] cotangent of t_final.
-
-  Returns:
-    g_params f32[n_tiles, 8, Kcap] (rows 0-5: d/d mean_x, mean_y, conic a, b, c, opacity; rows 6-7
-    zero) and g_feats f32[n_tiles, D, Kcap], per slot.
-  """
+  """Per-slot gradients of the compositor; the contract is in `pallas_common`."""
   common.check_slabs(params, feats, counts, _BACKEND)
   common.check_backward_inputs(feats, acc, t_final, last, g_acc, g_t, _BACKEND)
   _check_platform(interpret)
