@@ -158,8 +158,8 @@ def generate_scene(model, tokenizer, req, cfg, output_dir: str, seed: int, mesh)
     staged = sampler_lib.StagedSampler(model, cfg, settings, timings)
     if _SAMPLER.value == "fused":
       with timings.measure("sampler_fused"):
-        gaussians, _, _ = sampler_lib.sample_scene(model, cond, sample_key, cfg=cfg,
-                                                   settings=settings)
+        gaussians, staged.settings, _ = sampler_lib.sample_scene(model, cond, sample_key, cfg=cfg,
+                                                                 settings=settings)
         gaussians = jax.block_until_ready(gaussians)
     else:
       gaussians, _ = staged(cond, sample_key)
@@ -183,7 +183,8 @@ def generate_scene(model, tokenizer, req, cfg, output_dir: str, seed: int, mesh)
         video.write_mp4(os.path.join(tmp, "video.mp4"), frames, fps=_VIDEO_FPS.value)
     request_lib.save_request(dataclasses.replace(req, seed=seed), os.path.join(tmp, "request.json"))
     report = {"request": req.name, "seed": seed, "num_gaussians": int(gaussians.shape[0]),
-              "sampler": _SAMPLER.value, "backend": jax.default_backend(), **timings.as_dict(),
+              "sampler": _SAMPLER.value, "backend": jax.default_backend(),
+              "render_capacity": staged.settings.capacity._asdict(), **timings.as_dict(),
               "wall_seconds": time.perf_counter() - start}
     atomic.write_text(os.path.join(tmp, "timings.json"), json.dumps(report, indent=1) + "\n")
   return folder

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 from typing import NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -63,10 +64,13 @@ def initial_capacity(cfg: ml_collections.ConfigDict, num_gaussians: int) -> Rast
 
 
 def grown_capacity(capacity: RasterCapacity, n_isects: int, max_tile_count: int) -> RasterCapacity:
-  """A capacity with room for the observed counts plus 25 %."""
-  return RasterCapacity(
+  """A capacity with room for the observed counts plus 25 % (the caller then re-runs)."""
+  grown = RasterCapacity(
       max_isects=max(capacity.max_isects, int(n_isects * 1.25) + 1),
       tile_capacity=max(capacity.tile_capacity, -(-int(max_tile_count * 1.25) // 128) * 128))
+  logging.warning("render capacity overflow (needed %d intersections, %d in one tile; had %s): "
+                  "re-running with %s", n_isects, max_tile_count, capacity, grown)
+  return grown
 
 
 # ----------------------------------------------------------------------------- stages
