@@ -170,20 +170,28 @@ def _group_layout(n_tiles: int) -> tuple[int, int]:
   return -(-n_tiles // group), group
 
 
+def _map_tile_groups(group_fn, params, feats, per_tile, **static):
+  """Runs `group_fn` over groups of tiles: slabs with list position leading (each step reads one
+  contiguous [tiles, rows] slice), then the per-tile arrays and the tile ids."""
+  n_tiles = params.shape[0]
+  n_groups, group = _group_layout(n_tiles)
+  tile_ids = jnp.arange(n_groups * group, dtype=jnp.int32)
+  xs = (_grouped(params.transpose(2, 0, 1), n_groups, group, 1),
+        _grouped(feats.transpose(2, 0, 1), n_groups, group, 1),
+        *(_grouped(x, n_groups, group, 0) for x in (*per_tile, tile_ids)))
+  fn = functools.partial(group_fn, **static)
+  return jax.lax.map(lambda x: fn(*x), xs)
+
+
 def forward(params: jax.Array, feats: jax.Array, counts: jax.Array, *, tiles_per_row: int,
             tiles_per_image: int, interpret: bool = False):
   """(acc [n_tiles, D, 256], t_final [n_tiles, 256], last [n_tiles, 256]); see the module doc."""
   del interpret  # XLA needs no interpreter
   _check(params, feats, counts)
   n_tiles = params.shape[0]
-  n_groups, group = _group_layout(n_tiles)
-  tile_ids = jnp.arange(n_groups * group, dtype=jnp.int32)
-  # List position leading, so each step reads one contiguous [tiles, rows] slice.
-  xs = (_grouped(params.transpose(2, 0, 1), n_groups, group, 1),
-        _grouped(feats.transpose(2, 0, 1), n_groups, group, 1),
-        _grouped(counts, n_groups, group, 0), _grouped(tile_ids, n_groups, group, 0))
-  fn = functools.partial(_forward_group, tiles_per_row=tiles_per_row, tiles_per_image=tiles_per_image)
-  acc, t_final, last = jax.lax.map(lambda x: fn(*x), xs)
+  acc, t_final, last = _map_tile_groups(_forward_group, params, feats, (counts,),
+                                        tiles_per_row=tiles_per_row,
+                                        tiles_per_image=tiles_per_image)
   return (_ungrouped(acc, n_tiles, 0), _ungrouped(t_final, n_tiles, 0),
           _ungrouped(last, n_tiles, 0))
 
@@ -195,13 +203,9 @@ def backward(params: jax.Array, feats: jax.Array, counts: jax.Array, acc: jax.Ar
   del interpret
   _check(params, feats, counts)
   n_tiles = params.shape[0]
-  n_groups, group = _group_layout(n_tiles)
-  tile_ids = jnp.arange(n_groups * group, dtype=jnp.int32)
-  xs = (_grouped(params.transpose(2, 0, 1), n_groups, group, 1),
-        _grouped(feats.transpose(2, 0, 1), n_groups, group, 1),
-        *(_grouped(x, n_groups, group, 0) for x in (acc, t_final, last, g_acc, g_t, tile_ids)))
-  fn = functools.partial(_backward_group, tiles_per_row=tiles_per_row,
-                         tiles_per_image=tiles_per_image)
-  g_params_t, g_feats_t = jax.lax.map(lambda x: fn(*x), xs)
+  g_params_t, g_feats_t = _map_tile_groups(_backward_group, params, feats,
+                                           (acc, t_final, last, g_acc, g_t),
+                                           tiles_per_row=tiles_per_row,
+                                           tiles_per_image=tiles_per_image)
   return (_ungrouped(g_params_t, n_tiles, 1).transpose(1, 2, 0),
           _ungrouped(g_feats_t, n_tiles, 1).transpose(1, 2, 0))
