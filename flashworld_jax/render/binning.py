@@ -89,6 +89,42 @@ def count_per_tile(boxes: TileBoxes, tiles_x: int, tiles_y: int) -> jax.Array:
   return jnp.cumsum(jnp.cumsum(diff, axis=1), axis=2)[:, :tiles_y, :tiles_x]
 
 
+MAX_DEPTH_TIES = 4   # equal depth keys per run resolved by rank; longer runs use the stable sort
+
+
+def _depth_order(depth_bits: jax.Array) -> jax.Array:
+  """Per camera, the indices sorted by depth bits, ties to the lower index ([C, N] int32).
+
+  A key-only sort plus a binary search for each key's rank is ~2× faster on CPU than the stable
+  two-operand sort. Equal keys are common (100k depths drawn from [2, 4] hold ~600 equal pairs), so
+  each run of equal keys hands out its slots to its members in index order, one slot per round;
+  runs longer than MAX_DEPTH_TIES (e.g. a flat test scene) take the stable sort instead.
+  """
+  n_cameras, n_gaussians = depth_bits.shape
+  sorted_bits = jax.lax.sort(depth_bits, dimension=1)
+  run_start = jax.vmap(jnp.searchsorted)(sorted_bits, depth_bits).astype(jnp.int32)
+  cams = jnp.broadcast_to(jnp.arange(n_cameras)[:, None], depth_bits.shape)
+  ids = jnp.broadcast_to(jnp.arange(n_gaussians, dtype=jnp.int32), depth_bits.shape)
+  run_length = jnp.zeros_like(ids).at[cams, run_start].add(1)
+
+  def by_rank():
+    def next_slot(state):   # the lowest unplaced index of every run takes the run's next slot
+      level, rank = state
+      unplaced = rank < 0
+      lowest = jnp.full_like(ids, n_gaussians).at[cams, run_start].min(jnp.where(unplaced, ids, n_gaussians))
+      takes = unplaced & (lowest[cams, run_start] == ids)
+      return level + 1, jnp.where(takes, run_start + level, rank)
+
+    _, rank = jax.lax.while_loop(lambda state: jnp.any(state[1] < 0), next_slot,
+                                 (jnp.int32(0), jnp.full_like(ids, -1)))
+    return jnp.zeros_like(ids).at[cams, rank].set(ids, unique_indices=True)
+
+  def stable_sort():
+    return jax.lax.sort((depth_bits, ids), num_keys=1, is_stable=True)[1]
+
+  return jax.lax.cond(jnp.max(run_length, initial=0) > MAX_DEPTH_TIES, stable_sort, by_rank)
+
+
 def bin_gaussians(means2d: jax.Array, radii: jax.Array, depths: jax.Array, width: int, height: int,
                   capacity: RasterCapacity) -> TileLists:
   """Per-tile depth-sorted id lists for C cameras (means2d [C,N,2], radii [C,N,2], depths [C,N])."""
@@ -112,9 +148,7 @@ def bin_gaussians(means2d: jax.Array, radii: jax.Array, depths: jax.Array, width
   # Two stable passes give the order of gsplat's single (camera | tile | depth bits) radix sort:
   # first each camera's N Gaussians by depth bits (ties to the lower index), then the expanded pairs
   # by tile. depth > near_plane > 0, so the int32 bit pattern orders like the float.
-  depth_bits = jax.lax.bitcast_convert_type(depths, jnp.int32)
-  local_ids = jnp.broadcast_to(jnp.arange(n_gaussians, dtype=jnp.int32), depths.shape)
-  _, by_depth = jax.lax.sort((depth_bits, local_ids), num_keys=1, is_stable=True)
+  by_depth = _depth_order(jax.lax.bitcast_convert_type(depths, jnp.int32))
   by_depth = (by_depth + jnp.arange(n_cameras, dtype=jnp.int32)[:, None] * n_gaussians).reshape(-1)
 
   # Expand to one slot per (Gaussian, tile) pair in that order; each slot finds its tile from its

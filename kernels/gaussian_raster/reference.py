@@ -10,14 +10,20 @@ Backend contract (rasterizer.md §4.5, shared with pallas_tpu.py / pallas_gpu.py
   forward  -> acc f32[n_tiles, D, 256], t_final f32[n_tiles, 256], last i32[n_tiles, 256]
   backward -> g_params f32[n_tiles, 8, Kcap], g_feats f32[n_tiles, D, Kcap]
 
-Design (CPU-tuned; it differs from the cumprod chunks of §4.3, which measured 1.7-6× slower
-here): every tile of a group advances through its list in lockstep, one list position at a time, with
-the literal front-to-back recurrence of §2.6 (T·(1−α), the exclusive stop, a `done` flag). Each loop
-iteration processes CHUNK positions unrolled, so XLA fuses them into one pass over the [tiles, 256]
-pixel state; a group stops once all its lists are exhausted or all its pixels have stopped. XLA's
-CPU cumprod is an O(n²) reduce-window, which is what made the chunked form slow. The backward
-recomputes in forward order from the saved T_final, acc and `last` (§3.2): inclusion is
-`kept ∧ index ≤ last`, never re-derived from T; it carries T and the prefix Σ wⱼ(cⱼ·g).
+Design (CPU-tuned; it differs from the cumprod chunks of §4.3, which measured 1.7-6× slower here):
+- Sub-tile culling. Each 16×16 tile is composited as four 8×8 sub-tiles, each with the sub-list of
+  the tile's slots whose α ≥ 1/255 region (the ellipse σ ≤ ln(255·o), widened for float32
+  rounding) reaches it. A dropped pair has α < 1/255 at every pixel of the sub-tile, so it would be
+  skipped there anyway: images, `last` and gradients are those of the full lists, at about half the
+  pairs (random 100k-Gaussian scene: 75M → 39M).
+- Every sub-tile of a group advances through its sub-list in lockstep, one list position at a time,
+  with the literal front-to-back recurrence of §2.6 (T·(1−α), the exclusive stop, a `done` flag).
+  Each loop iteration gathers CHUNK positions and unrolls them, so XLA fuses them into one pass over
+  the [sub-tiles, 64] pixel state; a group stops once its lists are exhausted or all its pixels have
+  stopped. XLA's CPU cumprod is an O(n²) reduce-window, which is what made the chunked form slow.
+- The backward recomputes in forward order from the saved T_final, acc and `last` (§3.2): inclusion
+  is `kept ∧ slot ≤ last`, never re-derived from T; it carries T and the prefix Σ wⱼ(cⱼ·g) and
+  scatter-adds each sub-list position's gradient into its tile slot.
 """
 from __future__ import annotations
 
@@ -28,35 +34,118 @@ import jax.numpy as jnp
 
 TILE_SIZE = 16
 TILE_PIXELS = TILE_SIZE * TILE_SIZE
+SUBTILE = 8              # sub-tile side in pixels; divides TILE_SIZE
+SUBTILES = (TILE_SIZE // SUBTILE) ** 2
+SUBTILE_PIXELS = SUBTILE * SUBTILE
 CHUNK = 8                # list positions per loop iteration (unrolled); divides every Kcap used
-TILES_PER_GROUP = 8      # tiles in lockstep: larger amortises loop overhead, smaller exits earlier
+SUBTILES_PER_GROUP = 128  # sub-tiles in lockstep: larger amortises loop overhead, smaller exits earlier
 ALPHA_THRESHOLD = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
+PARAM_ROWS = 8
+GRAD_PARAM_ROWS = 6      # mean_x, mean_y, conic a, b, c, opacity: rows 6 and 7 carry no gradient
 
 
 def _check(params: jax.Array, feats: jax.Array, counts: jax.Array) -> None:
   n_tiles, rows, kcap = params.shape
-  if rows != 8 or kcap % CHUNK or feats.shape[0] != n_tiles or feats.shape[2] != kcap:
+  if rows != PARAM_ROWS or kcap % CHUNK or feats.shape[0] != n_tiles or feats.shape[2] != kcap:
     raise NotImplementedError(f"reference: params {params.shape} / feats {feats.shape} do not fit "
                               f"[n_tiles, 8, Kcap] / [n_tiles, D, Kcap] with Kcap % {CHUNK} == 0")
   if counts.shape != (n_tiles,):
     raise NotImplementedError(f"reference: counts {counts.shape}, expected ({n_tiles},)")
 
 
-def _pixel_centres(tile_ids: jax.Array, tiles_per_row: int, tiles_per_image: int):
-  """Pixel centres (px, py), each f32[B, 256], of the tiles `tile_ids` [B]."""
+def _tile_origin(tile_ids: jax.Array, tiles_per_row: int, tiles_per_image: int):
   local = tile_ids % tiles_per_image
-  x0 = (local % tiles_per_row) * TILE_SIZE
-  y0 = (local // tiles_per_row) * TILE_SIZE
-  p = jnp.arange(TILE_PIXELS)
-  px = (x0[:, None] + p[None, :] % TILE_SIZE).astype(jnp.float32) + 0.5
-  py = (y0[:, None] + p[None, :] // TILE_SIZE).astype(jnp.float32) + 0.5
-  return px, py
+  return (local % tiles_per_row) * TILE_SIZE, (local // tiles_per_row) * TILE_SIZE
+
+
+def _reach(params: jax.Array):
+  """Half-extents (hx, hy) [n_tiles, Kcap] of the region where a slot can reach α ≥ 1/255, in pixels.
+
+  Outside the ellipse σ = ½dᵀQd ≤ s, s = ln(255·o), α = o·e^-σ < 1/255; its bounding box has
+  half-widths √(2s·c/det) and √(2s·a/det). float32 rounding of σ grows with the conic's condition
+  number κ, hence the relative widening; the +1 px covers rounding at the pixel-centre comparison.
+  Degenerate or non-finite conics reach everywhere; slots that never reach 1/255 get −1.
+  """
+  a, b, c, o = params[:, 2], params[:, 3], params[:, 4], params[:, 5]
+  det = a * c - b * b
+  s = jnp.log(jnp.maximum(o, 1e-30) * 255.0)
+  half_trace = 0.5 * (a + c)
+  spread = jnp.sqrt(jnp.maximum(half_trace * half_trace - det, 0.0))
+  kappa = (half_trace + spread) / jnp.maximum(half_trace - spread, 1e-30)
+  widen = 1.0 + 1e-3 + 1e-6 * kappa
+  hx = jnp.sqrt(jnp.maximum(2.0 * s * c / det, 0.0)) * widen + 1.0
+  hy = jnp.sqrt(jnp.maximum(2.0 * s * a / det, 0.0)) * widen + 1.0
+  bounded = (det > 0) & jnp.isfinite(hx) & jnp.isfinite(hy)
+  never = s < 0
+  hx = jnp.where(never, -1.0, jnp.where(bounded, hx, jnp.inf))
+  hy = jnp.where(never, -1.0, jnp.where(bounded, hy, jnp.inf))
+  return hx, hy
+
+
+def _subtile_lists(params: jax.Array, counts: jax.Array, tiles_per_row: int, tiles_per_image: int):
+  """Per sub-tile, the increasing tile slots that can reach it: (slots [n_tiles, SUBTILES, Kcap]
+  int32 padded with Kcap, sizes [n_tiles, SUBTILES] int32)."""
+  n_tiles, _, kcap = params.shape
+  hx, hy = _reach(params)
+  x0, y0 = _tile_origin(jnp.arange(n_tiles), tiles_per_row, tiles_per_image)
+  local_x = params[:, 0] - x0[:, None].astype(jnp.float32)
+  local_y = params[:, 1] - y0[:, None].astype(jnp.float32)
+  first = jnp.arange(0, TILE_SIZE, SUBTILE, dtype=jnp.float32) + 0.5   # first pixel centre per side
+  last = first + (SUBTILE - 1)
+
+  def overlaps(centre, half):   # [n_tiles, Kcap, sides]
+    return ((centre + half)[..., None] >= first) & ((centre - half)[..., None] <= last)
+
+  valid = jnp.arange(kcap)[None, :] < counts[:, None]
+  reach = valid[..., None, None] & overlaps(local_y, hy)[..., :, None] & overlaps(local_x, hx)[..., None, :]
+  reach = reach.reshape(n_tiles, kcap, SUBTILES).transpose(0, 2, 1)
+  rank = jnp.cumsum(reach, axis=2, dtype=jnp.int32) - 1
+  sizes = rank[..., -1] + 1
+  rows = n_tiles * SUBTILES
+  target = jnp.where(reach, rank + jnp.arange(rows, dtype=jnp.int32).reshape(n_tiles, SUBTILES, 1) * kcap,
+                     rows * kcap)
+  slot = jnp.broadcast_to(jnp.arange(kcap, dtype=jnp.int32), reach.shape)
+  slots = jnp.full((rows * kcap,), kcap, jnp.int32).at[target.reshape(-1)].set(slot.reshape(-1),
+                                                                             mode="drop")
+  return slots.reshape(n_tiles, SUBTILES, kcap), sizes
+
+
+def _subtile_pixels(tile_ids: jax.Array, tiles_per_row: int, tiles_per_image: int):
+  """Pixel centres (px, py), each f32[B·SUBTILES, SUBTILE_PIXELS], of the tiles `tile_ids` [B]."""
+  x0, y0 = _tile_origin(tile_ids, tiles_per_row, tiles_per_image)
+  per_side = TILE_SIZE // SUBTILE
+  s = jnp.arange(SUBTILES)
+  q = jnp.arange(SUBTILE_PIXELS)
+  px = x0[:, None, None] + (s % per_side * SUBTILE)[None, :, None] + (q % SUBTILE)[None, None, :]
+  py = y0[:, None, None] + (s // per_side * SUBTILE)[None, :, None] + (q // SUBTILE)[None, None, :]
+  shape = (tile_ids.shape[0] * SUBTILES, SUBTILE_PIXELS)
+  return (px.astype(jnp.float32) + 0.5).reshape(shape), (py.astype(jnp.float32) + 0.5).reshape(shape)
+
+
+def _to_tiles(x: jax.Array) -> jax.Array:
+  """[B·SUBTILES, ..., SUBTILE_PIXELS] sub-tile pixels → [B, ..., 256] tile pixels (ly·16 + lx)."""
+  per_side = TILE_SIZE // SUBTILE
+  mid = x.shape[1:-1]
+  x = x.reshape((-1, per_side, per_side) + mid + (SUBTILE, SUBTILE))   # B, sy, sx, ..., qy, qx
+  n = x.ndim
+  x = x.transpose((0,) + tuple(range(3, n - 2)) + (1, n - 2, 2, n - 1))  # B, ..., sy, qy, sx, qx
+  return x.reshape((-1,) + mid + (TILE_PIXELS,))
+
+
+def _to_subtiles(x: jax.Array) -> jax.Array:
+  """Inverse of `_to_tiles`: [B, ..., 256] → [B·SUBTILES, ..., SUBTILE_PIXELS]."""
+  per_side = TILE_SIZE // SUBTILE
+  mid = x.shape[1:-1]
+  x = x.reshape((-1,) + mid + (per_side, SUBTILE, per_side, SUBTILE))   # B, ..., sy, qy, sx, qx
+  n = x.ndim
+  x = x.transpose((0, n - 4, n - 2) + tuple(range(1, n - 4)) + (n - 3, n - 1))
+  return x.reshape((-1,) + mid + (SUBTILE_PIXELS,))
 
 
 def _pair_alpha(p: jax.Array, px: jax.Array, py: jax.Array):
-  """For one list position p [B, 8] against the pixels [B, 256]: dx, dy, e^-σ, α, keep."""
+  """For one list position p [M, rows] against the pixels [M, P]: dx, dy, e^-σ, α, keep."""
   dx = p[:, 0, None] - px
   dy = p[:, 1, None] - py
   sigma = 0.5 * (p[:, 2, None] * dx * dx + p[:, 4, None] * dy * dy) + p[:, 3, None] * dx * dy
@@ -66,121 +155,146 @@ def _pair_alpha(p: jax.Array, px: jax.Array, py: jax.Array):
   return dx, dy, gauss, alpha, keep
 
 
-def _forward_group(params_t, feats_t, counts, tile_ids, tiles_per_row, tiles_per_image):
-  """params_t [Kcap, B, 8], feats_t [Kcap, B, D] (list position leading), counts [B]."""
-  kcap, n_tiles, n_feats = feats_t.shape
-  px, py = _pixel_centres(tile_ids, tiles_per_row, tiles_per_image)
-  n_steps = (jnp.max(counts, initial=0) + CHUNK - 1) // CHUNK
+def _gather_chunk(table: jax.Array, slots: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Slots [B, SUBTILES, CHUNK] at list positions step·CHUNK… and their table rows [M, CHUNK, R]."""
+  idx = jax.lax.dynamic_slice_in_dim(slots, step * CHUNK, CHUNK, axis=2)
+  rows = table[jnp.arange(table.shape[0])[:, None, None], idx]
+  return idx, rows.reshape(-1, CHUNK, table.shape[2])
 
+
+def _forward_group(table, slots, sizes, tile_ids, tiles_per_row, tiles_per_image):
+  """table [B, Kcap+1, 8+D] (slot rows, last one zero), slots [B, SUBTILES, Kcap], sizes [B, SUBTILES]."""
+  n_feats = table.shape[2] - PARAM_ROWS
+  px, py = _subtile_pixels(tile_ids, tiles_per_row, tiles_per_image)
+  n_sub = px.shape[0]
+  n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
+
+  # `trans` carries the transmittance with its sign as the `done` flag (negative once the pixel has
+  # stopped): one state array fewer for XLA to recompute the unrolled chain for.
   def not_finished(carry):
-    step, _, done, _, _ = carry
-    return (step < n_steps) & ~jnp.all(done)
+    step, trans, _, _ = carry
+    return (step < n_steps) & jnp.any(trans > 0)
 
   def body(carry):
-    step, trans, done, last, acc = carry
-    p_chunk = jax.lax.dynamic_slice_in_dim(params_t, step * CHUNK, CHUNK)
-    f_chunk = jax.lax.dynamic_slice_in_dim(feats_t, step * CHUNK, CHUNK)
+    step, trans, last, acc = carry
+    _, rows = _gather_chunk(table, slots, step)
+    # α of the whole chunk in one pass (0 where skipped); the barrier keeps XLA from re-evaluating
+    # the exponentials inside every consumer of the recurrence below.
+    alphas = []
     for j in range(CHUNK):
-      _, _, _, alpha, keep = _pair_alpha(p_chunk[j], px, py)
-      keep &= ~done
+      _, _, _, alpha, keep = _pair_alpha(rows[:, j], px, py)
+      alphas.append(jnp.where(keep, alpha, 0.0))
+    alphas = jax.lax.optimization_barrier(jnp.stack(alphas))               # [CHUNK, M, P]
+    for j in range(CHUNK):
+      alpha = alphas[j]
+      keep = (alpha > 0) & (trans > 0)
       t_next = trans * (1.0 - alpha)
       stop = keep & (t_next <= T_MIN)
       blend = keep & ~stop
-      w = jnp.where(blend, alpha * trans, 0.0)
-      acc = acc + w[:, None, :] * f_chunk[j][:, :, None]
-      trans = jnp.where(blend, t_next, trans)
-      done |= stop
+      acc = acc + jnp.where(blend, alpha * trans, 0.0)[:, None, :] * rows[:, j, PARAM_ROWS:, None]
+      trans = jnp.where(stop, -trans, jnp.where(blend, t_next, trans))
       last = jnp.where(blend, step * CHUNK + j, last)
-    return step + 1, trans, done, last, acc
+    return step + 1, trans, last, acc
 
-  carry = (jnp.int32(0), jnp.ones((n_tiles, TILE_PIXELS), jnp.float32),
-           jnp.zeros((n_tiles, TILE_PIXELS), bool), jnp.full((n_tiles, TILE_PIXELS), -1, jnp.int32),
-           jnp.zeros((n_tiles, n_feats, TILE_PIXELS), jnp.float32))
-  _, trans, _, last, acc = jax.lax.while_loop(not_finished, body, carry)
-  return acc, trans, last
+  pixels = (n_sub, SUBTILE_PIXELS)
+  carry = (jnp.int32(0), jnp.ones(pixels, jnp.float32), jnp.full(pixels, -1, jnp.int32),
+           jnp.zeros((n_sub, n_feats, SUBTILE_PIXELS), jnp.float32))
+  _, trans, last, acc = jax.lax.while_loop(not_finished, body, carry)
+  trans = jnp.abs(trans)
+  # Sub-list positions → tile slots (the contract's `last`).
+  flat_slots = slots.reshape(n_sub, -1)
+  last = jnp.where(last >= 0, jnp.take_along_axis(flat_slots, jnp.maximum(last, 0), axis=1), -1)
+  return _to_tiles(acc), _to_tiles(trans), _to_tiles(last)
 
 
-def _backward_group(params_t, feats_t, acc, t_final, last, g_acc, g_t, tile_ids, tiles_per_row,
+def _backward_group(table, slots, acc, t_final, last, g_acc, g_t, tile_ids, tiles_per_row,
                     tiles_per_image):
-  kcap, n_tiles, n_feats = feats_t.shape
-  px, py = _pixel_centres(tile_ids, tiles_per_row, tiles_per_image)
-  n_steps = (jnp.max(last, initial=-1) + CHUNK) // CHUNK
-  acc_dot_g = jnp.sum(acc * g_acc, axis=1)                 # [B, 256]
-  background_term = g_t * t_final                          # [B, 256]
+  n_tiles, kcap_1, n_rows = table.shape
+  px, py = _subtile_pixels(tile_ids, tiles_per_row, tiles_per_image)
+  n_sub = px.shape[0]
+  acc, g_acc = _to_subtiles(acc), _to_subtiles(g_acc)
+  t_final, last, g_t = _to_subtiles(t_final), _to_subtiles(last), _to_subtiles(g_t)
+  # Positions to revisit: every sub-list entry up to the sub-tile's last blended slot.
+  flat_slots = slots.reshape(n_sub, -1)
+  n_blended = jnp.sum(flat_slots <= jnp.max(last, axis=1, keepdims=True), axis=1)
+  n_steps = (jnp.max(n_blended, initial=0) + CHUNK - 1) // CHUNK
+  acc_dot_g = jnp.sum(acc * g_acc, axis=1)                 # [M, P]
+  background_term = g_t * t_final                          # [M, P]
+  tile_of = jnp.repeat(jnp.arange(n_tiles), SUBTILES)[:, None]
 
   def body(step, carry):
-    trans, behind, g_params_t, g_feats_t = carry
-    p_chunk = jax.lax.dynamic_slice_in_dim(params_t, step * CHUNK, CHUNK)
-    f_chunk = jax.lax.dynamic_slice_in_dim(feats_t, step * CHUNK, CHUNK)
-    g_p, g_f = [], []
+    trans, behind, g_table = carry
+    idx, rows = _gather_chunk(table, slots, step)
+    idx = idx.reshape(n_sub, CHUNK)
+    # Order-free per-pair terms of the whole chunk in one pass ([CHUNK, M, P]): α where the pair was
+    # blended (0 elsewhere), e^-σ and c·g.
+    pairs = []
     for j in range(CHUNK):
-      p = p_chunk[j]
-      dx, dy, gauss, alpha, keep = _pair_alpha(p, px, py)
-      inc = keep & (step * CHUNK + j <= last)
-      alpha = jnp.where(inc, alpha, 0.0)
-      one_minus_alpha = 1.0 - alpha
-      w = alpha * trans
-      color_dot_g = jnp.sum(g_acc * f_chunk[j][:, :, None], axis=1)   # c_i · g
-      behind = behind + w * color_dot_g                               # Σ_{j≤i} w_j (c_j · g)
-      v_alpha = jnp.where(
-          inc, trans * color_dot_g - (acc_dot_g - behind + background_term) / one_minus_alpha, 0.0)
-      o_gauss = p[:, 5, None] * gauss
-      unclamped = o_gauss <= ALPHA_MAX
-      v_sigma = jnp.where(unclamped, -o_gauss * v_alpha, 0.0)
-      # ∂σ/∂mean = (a·dx + b·dy, b·dx + c·dy): reduce v_σ·dx and v_σ·dy once, apply the conic after.
-      sum_dx = jnp.sum(v_sigma * dx, axis=1)
-      sum_dy = jnp.sum(v_sigma * dy, axis=1)
-      zero = jnp.zeros((n_tiles,), jnp.float32)
-      g_p.append(jnp.stack([
-          p[:, 2] * sum_dx + p[:, 3] * sum_dy,
-          p[:, 3] * sum_dx + p[:, 4] * sum_dy,
-          0.5 * jnp.sum(v_sigma * dx * dx, axis=1),
-          jnp.sum(v_sigma * dx * dy, axis=1),
-          0.5 * jnp.sum(v_sigma * dy * dy, axis=1),
-          jnp.sum(jnp.where(unclamped, gauss * v_alpha, 0.0), axis=1),
-          zero, zero], axis=1))
-      g_f.append(jnp.sum(g_acc * w[:, None, :], axis=2))
-      trans = trans * one_minus_alpha
-    g_params_t = jax.lax.dynamic_update_slice_in_dim(g_params_t, jnp.stack(g_p), step * CHUNK, 0)
-    g_feats_t = jax.lax.dynamic_update_slice_in_dim(g_feats_t, jnp.stack(g_f), step * CHUNK, 0)
-    return trans, behind, g_params_t, g_feats_t
+      _, _, gauss, alpha, keep = _pair_alpha(rows[:, j], px, py)
+      inc = keep & (idx[:, j, None] <= last)
+      color_dot_g = jnp.sum(g_acc * rows[:, j, PARAM_ROWS:, None], axis=1)
+      pairs.append(jnp.stack([jnp.where(inc, alpha, 0.0), gauss, color_dot_g]))
+    alpha, gauss, color_dot_g = jax.lax.optimization_barrier(jnp.stack(pairs, axis=1))
+    # The recurrence in forward order: T before each pair and the prefix Σ_{j≤i} w_j (c_j·g).
+    v_alphas, weights = [], []
+    for j in range(CHUNK):
+      w = alpha[j] * trans
+      behind = behind + w * color_dot_g[j]
+      v_alphas.append(jnp.where(alpha[j] > 0, trans * color_dot_g[j] - (
+          acc_dot_g - behind + background_term) / (1.0 - alpha[j]), 0.0))
+      weights.append(w)
+      trans = trans * (1.0 - alpha[j])
+    v_alpha, w = jax.lax.optimization_barrier((jnp.stack(v_alphas), jnp.stack(weights)))
+    # Reductions over each sub-tile's pixels, for all chunk positions at once.
+    p = rows.transpose(1, 2, 0)[..., None]                   # [CHUNK, R, M, 1]
+    dx, dy = p[:, 0] - px, p[:, 1] - py
+    o_gauss = p[:, 5] * gauss
+    unclamped = o_gauss <= ALPHA_MAX
+    v_sigma = jnp.where(unclamped, -o_gauss * v_alpha, 0.0)
+    sums = jnp.sum(jnp.stack([v_sigma * dx, v_sigma * dy, v_sigma * dx * dx, v_sigma * dx * dy,
+                              v_sigma * dy * dy, jnp.where(unclamped, gauss * v_alpha, 0.0)]), axis=-1)
+    sum_dx, sum_dy, sum_dxx, sum_dxy, sum_dyy, g_opacity = sums          # each [CHUNK, M]
+    a, b, c = p[:, 2, :, 0], p[:, 3, :, 0], p[:, 4, :, 0]
+    # ∂σ/∂mean = (a·dx + b·dy, b·dx + c·dy): the conic is applied after the pixel sums.
+    g_params = jnp.stack([a * sum_dx + b * sum_dy, b * sum_dx + c * sum_dy, 0.5 * sum_dxx, sum_dxy,
+                          0.5 * sum_dyy, g_opacity], axis=-1)            # [CHUNK, M, 6]
+    g_feats = jnp.einsum("kmp,mdp->kmd", w, g_acc, precision=jax.lax.Precision.HIGHEST)
+    grads = jnp.concatenate([g_params, g_feats], axis=-1).transpose(1, 0, 2)
+    # Padding positions point at the zero row Kcap, which collects (zero) gradients harmlessly.
+    g_table = g_table.at[tile_of, idx].add(grads)
+    return trans, behind, g_table
 
-  carry = (jnp.ones((n_tiles, TILE_PIXELS), jnp.float32), jnp.zeros((n_tiles, TILE_PIXELS), jnp.float32),
-           jnp.zeros_like(params_t), jnp.zeros_like(feats_t))
-  _, _, g_params_t, g_feats_t = jax.lax.fori_loop(0, n_steps, body, carry)
-  return g_params_t, g_feats_t
-
-
-def _grouped(x: jax.Array, n_groups: int, group: int, axis: int) -> jax.Array:
-  """Pads the tile axis to n_groups·group and splits it: [..., n_groups·group, ...] → group-major."""
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, n_groups * group - x.shape[axis])
-  x = jnp.pad(x, pad)
-  x = x.reshape(x.shape[:axis] + (n_groups, group) + x.shape[axis + 1:])
-  return jnp.moveaxis(x, axis, 0)
-
-
-def _ungrouped(x: jax.Array, n_tiles: int, axis: int) -> jax.Array:
-  x = jnp.moveaxis(x, 0, axis)
-  return x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2:]).take(jnp.arange(n_tiles), axis=axis)
+  pixels = (n_sub, SUBTILE_PIXELS)
+  carry = (jnp.ones(pixels, jnp.float32), jnp.zeros(pixels, jnp.float32),
+           jnp.zeros((n_tiles, kcap_1, n_rows - PARAM_ROWS + GRAD_PARAM_ROWS), jnp.float32))
+  _, _, g_table = jax.lax.fori_loop(0, n_steps, body, carry)
+  return g_table[:, :-1]
 
 
 def _group_layout(n_tiles: int) -> tuple[int, int]:
-  group = max(1, min(TILES_PER_GROUP, n_tiles))
+  group = max(1, min(SUBTILES_PER_GROUP // SUBTILES, n_tiles))
   return -(-n_tiles // group), group
 
 
-def _map_tile_groups(group_fn, params, feats, per_tile, **static):
-  """Runs `group_fn` over groups of tiles: slabs with list position leading (each step reads one
-  contiguous [tiles, rows] slice), then the per-tile arrays and the tile ids."""
+def _grouped(x: jax.Array, n_groups: int, group: int) -> jax.Array:
+  """Pads the leading tile axis to n_groups·group and splits it into [n_groups, group, ...]."""
+  x = jnp.pad(x, [(0, n_groups * group - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+  return x.reshape((n_groups, group) + x.shape[1:])
+
+
+def _map_tile_groups(group_fn, params, feats, counts, per_tile, *, tiles_per_row, tiles_per_image):
+  """Runs `group_fn(table, slots, *per_tile, tile_ids)` over groups of tiles and returns its outputs
+  with the tile axis restored. table [tiles, Kcap+1, 8+D] holds each slot's parameters and
+  features in one row (row Kcap is zero: sub-list padding reads it)."""
   n_tiles = params.shape[0]
+  slots, sizes = _subtile_lists(params, counts, tiles_per_row, tiles_per_image)
+  table = jnp.pad(jnp.concatenate([params, feats], axis=1).transpose(0, 2, 1), ((0, 0), (0, 1), (0, 0)))
   n_groups, group = _group_layout(n_tiles)
   tile_ids = jnp.arange(n_groups * group, dtype=jnp.int32)
-  xs = (_grouped(params.transpose(2, 0, 1), n_groups, group, 1),
-        _grouped(feats.transpose(2, 0, 1), n_groups, group, 1),
-        *(_grouped(x, n_groups, group, 0) for x in (*per_tile, tile_ids)))
-  fn = functools.partial(group_fn, **static)
-  return jax.lax.map(lambda x: fn(*x), xs)
+  xs = tuple(_grouped(x, n_groups, group) for x in (table, slots, *per_tile(sizes), tile_ids))
+  fn = functools.partial(group_fn, tiles_per_row=tiles_per_row, tiles_per_image=tiles_per_image)
+  out = jax.lax.map(lambda x: fn(*x), xs)
+  return jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:])[:n_tiles], out)
 
 
 def forward(params: jax.Array, feats: jax.Array, counts: jax.Array, *, tiles_per_row: int,
@@ -188,12 +302,8 @@ def forward(params: jax.Array, feats: jax.Array, counts: jax.Array, *, tiles_per
   """(acc [n_tiles, D, 256], t_final [n_tiles, 256], last [n_tiles, 256]); see the module doc."""
   del interpret  # XLA needs no interpreter
   _check(params, feats, counts)
-  n_tiles = params.shape[0]
-  acc, t_final, last = _map_tile_groups(_forward_group, params, feats, (counts,),
-                                        tiles_per_row=tiles_per_row,
-                                        tiles_per_image=tiles_per_image)
-  return (_ungrouped(acc, n_tiles, 0), _ungrouped(t_final, n_tiles, 0),
-          _ungrouped(last, n_tiles, 0))
+  return _map_tile_groups(_forward_group, params, feats, counts, lambda sizes: (sizes,),
+                          tiles_per_row=tiles_per_row, tiles_per_image=tiles_per_image)
 
 
 def backward(params: jax.Array, feats: jax.Array, counts: jax.Array, acc: jax.Array,
@@ -202,10 +312,9 @@ def backward(params: jax.Array, feats: jax.Array, counts: jax.Array, acc: jax.Ar
   """(g_params [n_tiles, 8, Kcap], g_feats [n_tiles, D, Kcap]) for cotangents g_acc, g_t."""
   del interpret
   _check(params, feats, counts)
-  n_tiles = params.shape[0]
-  g_params_t, g_feats_t = _map_tile_groups(_backward_group, params, feats,
-                                           (acc, t_final, last, g_acc, g_t),
-                                           tiles_per_row=tiles_per_row,
-                                           tiles_per_image=tiles_per_image)
-  return (_ungrouped(g_params_t, n_tiles, 1).transpose(1, 2, 0),
-          _ungrouped(g_feats_t, n_tiles, 1).transpose(1, 2, 0))
+  g_table = _map_tile_groups(_backward_group, params, feats, counts,
+                             lambda sizes: (acc, t_final, last, g_acc, g_t),
+                             tiles_per_row=tiles_per_row, tiles_per_image=tiles_per_image)
+  g_table = g_table.transpose(0, 2, 1)
+  g_params = jnp.pad(g_table[:, :GRAD_PARAM_ROWS], ((0, 0), (0, PARAM_ROWS - GRAD_PARAM_ROWS), (0, 0)))
+  return g_params, g_table[:, GRAD_PARAM_ROWS:]

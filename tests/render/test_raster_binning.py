@@ -76,3 +76,18 @@ def test_capacity_rounding():
   assert RasterCapacity.from_counts(0, 0) == RasterCapacity(1024, 128)
   with pytest.raises(ValueError, match="headroom"):
     RasterCapacity.from_counts(10, 10, headroom=0.5)
+
+
+@pytest.mark.parametrize("longest_run", [1, 2, binning.MAX_DEPTH_TIES, binning.MAX_DEPTH_TIES + 7])
+def test_depth_order_is_the_stable_sort(longest_run):
+  # Runs of equal depth keys up to MAX_DEPTH_TIES are ranked in index order; longer runs take the
+  # stable sort. Either way the order is numpy's stable argsort, per camera.
+  rng = np.random.default_rng(longest_run)
+  depths = rng.uniform(2, 4, (3, 500)).astype(np.float32)
+  for cam in range(3):
+    for length in range(2, longest_run + 1):
+      members = rng.choice(500, length, replace=False)
+      depths[cam, members] = depths[cam, members[0]]
+  bits = jax.lax.bitcast_convert_type(jnp.asarray(depths), jnp.int32)
+  order = jax.jit(binning._depth_order)(bits)
+  np.testing.assert_array_equal(order, np.argsort(depths, axis=1, kind="stable"))

@@ -161,3 +161,65 @@ def test_composite_validates_and_dispatches():
     out = api.composite(params, feats, counts, tiles_per_row=1, tiles_per_image=1, backend=backend,
                         interpret=True)
     np.testing.assert_allclose(out[0], ref[0], atol=1e-6)
+
+
+def stressed_slabs(seed: int, kcap: int = 256):
+  """Lists that stress the sub-tile culling: covariance eigenvalues from the 0.3 blur up to 2e3
+  (condition numbers to ~7e3), opacities down to just under 1/255, means up to 40 px outside."""
+  rng = np.random.default_rng(seed)
+  params = np.zeros((N_TILES, 8, kcap), np.float32)
+  counts = np.full(N_TILES, kcap, np.int32)
+  counts[1] = 37
+  for t in range(N_TILES):
+    x0, y0 = (t % TILES_X) * 16, (t // TILES_X) * 16
+    angle = rng.uniform(0, np.pi, kcap)
+    rot = np.stack([np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)], -1).reshape(-1, 2, 2)
+    eig = np.exp(rng.uniform(np.log(0.3), np.log(2e3), (kcap, 2)))
+    conic = rot @ (np.eye(2) / eig[:, None, :]) @ rot.transpose(0, 2, 1)
+    params[t, 0] = x0 + rng.uniform(-40, 56, kcap)
+    params[t, 1] = y0 + rng.uniform(-40, 56, kcap)
+    params[t, 2], params[t, 3], params[t, 4] = conic[:, 0, 0], conic[:, 0, 1], conic[:, 1, 1]
+    params[t, 5] = np.exp(rng.uniform(np.log(1 / 300), 0, kcap))
+  feats = rng.uniform(0, 1, (N_TILES, 3, kcap)).astype(np.float32)
+  return jnp.asarray(params), jnp.asarray(feats), jnp.asarray(counts)
+
+
+def test_reach_bounds_every_pixel_a_pair_can_blend():
+  params, _, counts = stressed_slabs(0)
+  hx, hy = reference._reach(params)
+  # Every pixel of a 128×128 window around each Gaussian where the kernel's own float32 arithmetic
+  # gives α ≥ 1/255 lies inside the reach box.
+  grid = jnp.arange(-64, 64, dtype=jnp.float32) + 0.5
+  px, py = [g.reshape(1, -1) for g in jnp.meshgrid(grid, grid)]
+  for t in range(N_TILES):
+    p = params[t].T                                       # [Kcap, 8]
+    centre_x, centre_y = jnp.floor(p[:, :1]), jnp.floor(p[:, 1:2])
+    dx, dy, _, _, keep = reference._pair_alpha(p, centre_x + px, centre_y + py)
+    inside = (jnp.abs(dx) <= hx[t, :, None]) & (jnp.abs(dy) <= hy[t, :, None])
+    assert bool(jnp.all(inside | ~keep)), t
+    assert 0.2 < float(jnp.mean(keep)) / float(jnp.mean(inside)) <= 1.0   # the boxes are also tight
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_subtile_culling_changes_nothing(seed, monkeypatch):
+  """Culled 8×8 sub-tile lists give the images, `last` and gradients of the whole tile lists."""
+  params, feats, counts = stressed_slabs(seed)
+  g_acc = jax.random.normal(jax.random.key(seed), (N_TILES, 3, 256))
+  g_t = jax.random.normal(jax.random.key(seed + 1), (N_TILES, 256))
+
+  def run():
+    out = reference.forward(params, feats, counts, tiles_per_row=TILES_X, tiles_per_image=N_TILES)
+    grads = reference.backward(params, feats, counts, *out, g_acc, g_t, tiles_per_row=TILES_X,
+                               tiles_per_image=N_TILES)
+    return out, grads
+
+  (acc, t_final, last), (g_params, g_feats) = run()
+  hx, _ = reference._reach(params)
+  assert float(jnp.mean(jnp.isfinite(hx) & (hx < 24))) > 0.3   # culling is active in this scene
+  monkeypatch.setattr(reference, "_reach", lambda p: (jnp.full(p[:, 0].shape, jnp.inf),) * 2)
+  (acc_full, t_full, last_full), (g_params_full, g_feats_full) = run()
+  np.testing.assert_array_equal(acc, acc_full)
+  np.testing.assert_array_equal(t_final, t_full)
+  np.testing.assert_array_equal(last, last_full)
+  np.testing.assert_allclose(g_params, g_params_full, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(g_params_full))))
+  np.testing.assert_allclose(g_feats, g_feats_full, rtol=1e-5, atol=1e-6)
