@@ -16,11 +16,15 @@ Design (CPU-tuned; it differs from the cumprod chunks of §4.3, which measured 1
   rounding) reaches it. A dropped pair has α < 1/255 at every pixel of the sub-tile, so it would be
   skipped there anyway: images, `last` and gradients are those of the full lists, at about half the
   pairs (random 100k-Gaussian scene: 75M → 39M).
+- Sub-lists are built lazily, BLOCK tile-list positions at a time, and only for sub-tiles that still
+  have a pixel going: saturated sub-tiles never pay for the rest of their lists (FlashWorld-like
+  scenes stop after ~13 % of them on average).
 - Every sub-tile of a group advances through its sub-list in lockstep, one list position at a time,
   with the literal front-to-back recurrence of §2.6 (T·(1−α), the exclusive stop, a `done` flag).
-  Each loop iteration gathers CHUNK positions and unrolls them, so XLA fuses them into one pass over
-  the [sub-tiles, 64] pixel state; a group stops once its lists are exhausted or all its pixels have
-  stopped. XLA's CPU cumprod is an O(n²) reduce-window, which is what made the chunked form slow.
+  Each loop iteration gathers CHUNK positions and unrolls them; α of the chunk is computed in one
+  pass behind an optimization barrier, because XLA:CPU has no multi-output fusion and would
+  otherwise re-evaluate the exponentials in every consumer of the recurrence. XLA's CPU cumprod is
+  an O(n²) reduce-window, which is what made the chunked form slow.
 - The backward recomputes in forward order from the saved T_final, acc and `last` (§3.2): inclusion
   is `kept ∧ slot ≤ last`, never re-derived from T; it carries T and the prefix Σ wⱼ(cⱼ·g) and
   scatter-adds each sub-list position's gradient into its tile slot.
@@ -39,6 +43,7 @@ SUBTILES = (TILE_SIZE // SUBTILE) ** 2
 SUBTILE_PIXELS = SUBTILE * SUBTILE
 CHUNK = 8                # list positions per loop iteration (unrolled); divides every Kcap used
 SUBTILES_PER_GROUP = 128  # sub-tiles in lockstep: larger amortises loop overhead, smaller exits earlier
+BLOCK = 256              # tile-list positions whose sub-lists are built together, only once reached
 ALPHA_THRESHOLD = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
@@ -60,17 +65,17 @@ def _tile_origin(tile_ids: jax.Array, tiles_per_row: int, tiles_per_image: int):
   return (local % tiles_per_row) * TILE_SIZE, (local // tiles_per_row) * TILE_SIZE
 
 
-def _reach(params: jax.Array):
-  """Half-extents (hx, hy) [n_tiles, Kcap] of the region where a slot can reach α ≥ 1/255, in pixels.
+def _reach(a: jax.Array, b: jax.Array, c: jax.Array, opacity: jax.Array):
+  """Half-extents (hx, hy), in pixels, of the region where a Gaussian with conic (a, b, c) and this
+  opacity can reach α ≥ 1/255; any shape.
 
   Outside the ellipse σ = ½dᵀQd ≤ s, s = ln(255·o), α = o·e^-σ < 1/255; its bounding box has
   half-widths √(2s·c/det) and √(2s·a/det). float32 rounding of σ grows with the conic's condition
   number κ, hence the relative widening; the +1 px covers rounding at the pixel-centre comparison.
-  Degenerate or non-finite conics reach everywhere; slots that never reach 1/255 get −1.
+  Degenerate or non-finite conics reach everywhere; Gaussians that never reach 1/255 get −1.
   """
-  a, b, c, o = params[:, 2], params[:, 3], params[:, 4], params[:, 5]
   det = a * c - b * b
-  s = jnp.log(jnp.maximum(o, 1e-30) * 255.0)
+  s = jnp.log(jnp.maximum(opacity, 1e-30) * 255.0)
   half_trace = 0.5 * (a + c)
   spread = jnp.sqrt(jnp.maximum(half_trace * half_trace - det, 0.0))
   kappa = (half_trace + spread) / jnp.maximum(half_trace - spread, 1e-30)
@@ -84,32 +89,37 @@ def _reach(params: jax.Array):
   return hx, hy
 
 
-def _subtile_lists(params: jax.Array, counts: jax.Array, tiles_per_row: int, tiles_per_image: int):
-  """Per sub-tile, the increasing tile slots that can reach it: (slots [n_tiles, SUBTILES, Kcap]
-  int32 padded with Kcap, sizes [n_tiles, SUBTILES] int32)."""
-  n_tiles, _, kcap = params.shape
-  hx, hy = _reach(params)
-  x0, y0 = _tile_origin(jnp.arange(n_tiles), tiles_per_row, tiles_per_image)
-  local_x = params[:, 0] - x0[:, None].astype(jnp.float32)
-  local_y = params[:, 1] - y0[:, None].astype(jnp.float32)
-  first = jnp.arange(0, TILE_SIZE, SUBTILE, dtype=jnp.float32) + 0.5   # first pixel centre per side
+def _block_sublists(table: jax.Array, needed: jax.Array, x0: jax.Array, y0: jax.Array,
+                    block: jax.Array, kcap: int):
+  """Sub-lists of the tile-list positions [block·BLOCK, (block+1)·BLOCK) of a group of tiles.
+
+  table [B, Kpad, 8+D] slot rows, needed [B, SUBTILES]: the last slot each sub-tile still needs (−1:
+  none; stopped sub-tiles skip the rest of their lists), tile origins x0, y0 [B]. Returns the
+  increasing tile slots that can reach each sub-tile, [B, SUBTILES, BLOCK] int32 padded with `kcap`
+  (a zero row), and their number [B, SUBTILES].
+  """
+  n_tiles = table.shape[0]
+  start = block * BLOCK
+  p = jax.lax.dynamic_slice_in_dim(table, start, BLOCK, axis=1)           # [B, BLOCK, R]
+  hx, hy = _reach(p[..., 2], p[..., 3], p[..., 4], p[..., 5])
+  local_x = p[..., 0] - x0[:, None].astype(jnp.float32)
+  local_y = p[..., 1] - y0[:, None].astype(jnp.float32)
+  first = jnp.arange(0, TILE_SIZE, SUBTILE, dtype=jnp.float32) + 0.5      # first pixel centre per side
   last = first + (SUBTILE - 1)
 
-  def overlaps(centre, half):   # [n_tiles, Kcap, sides]
+  def overlaps(centre, half):   # [B, BLOCK, sides]
     return ((centre + half)[..., None] >= first) & ((centre - half)[..., None] <= last)
 
-  valid = jnp.arange(kcap)[None, :] < counts[:, None]
-  reach = valid[..., None, None] & overlaps(local_y, hy)[..., :, None] & overlaps(local_x, hx)[..., None, :]
-  reach = reach.reshape(n_tiles, kcap, SUBTILES).transpose(0, 2, 1)
+  position = start + jnp.arange(BLOCK, dtype=jnp.int32)
+  reach = overlaps(local_y, hy)[..., :, None] & overlaps(local_x, hx)[..., None, :]
+  reach = reach.reshape(n_tiles, BLOCK, SUBTILES).transpose(0, 2, 1) & (position <= needed[..., None])
   rank = jnp.cumsum(reach, axis=2, dtype=jnp.int32) - 1
-  sizes = rank[..., -1] + 1
   rows = n_tiles * SUBTILES
-  target = jnp.where(reach, rank + jnp.arange(rows, dtype=jnp.int32).reshape(n_tiles, SUBTILES, 1) * kcap,
-                     rows * kcap)
-  slot = jnp.broadcast_to(jnp.arange(kcap, dtype=jnp.int32), reach.shape)
-  slots = jnp.full((rows * kcap,), kcap, jnp.int32).at[target.reshape(-1)].set(slot.reshape(-1),
-                                                                             mode="drop")
-  return slots.reshape(n_tiles, SUBTILES, kcap), sizes
+  target = jnp.where(reach, rank + jnp.arange(rows, dtype=jnp.int32).reshape(n_tiles, SUBTILES, 1) * BLOCK,
+                     rows * BLOCK)
+  slots = jnp.full((rows * BLOCK,), kcap, jnp.int32).at[target.reshape(-1)].set(
+      jnp.broadcast_to(position, reach.shape).reshape(-1), mode="drop")
+  return slots.reshape(n_tiles, SUBTILES, BLOCK), rank[..., -1] + 1
 
 
 def _subtile_pixels(tile_ids: jax.Array, tiles_per_row: int, tiles_per_image: int):
@@ -156,28 +166,24 @@ def _pair_alpha(p: jax.Array, px: jax.Array, py: jax.Array):
 
 
 def _gather_chunk(table: jax.Array, slots: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Slots [B, SUBTILES, CHUNK] at list positions step·CHUNK… and their table rows [M, CHUNK, R]."""
+  """Slots [M, CHUNK] at sub-list positions step·CHUNK… and their table rows [M, CHUNK, R]."""
   idx = jax.lax.dynamic_slice_in_dim(slots, step * CHUNK, CHUNK, axis=2)
   rows = table[jnp.arange(table.shape[0])[:, None, None], idx]
-  return idx, rows.reshape(-1, CHUNK, table.shape[2])
+  return idx.reshape(-1, CHUNK), rows.reshape(-1, CHUNK, table.shape[2])
 
 
-def _forward_group(table, slots, sizes, tile_ids, tiles_per_row, tiles_per_image):
-  """table [B, Kcap+1, 8+D] (slot rows, last one zero), slots [B, SUBTILES, Kcap], sizes [B, SUBTILES]."""
+def _forward_group(table, counts, tile_ids, *, kcap, tiles_per_row, tiles_per_image):
+  """table [B, Kpad, 8+D] slot rows (zero from row Kcap on), counts [B], tile ids [B]."""
   n_feats = table.shape[2] - PARAM_ROWS
+  x0, y0 = _tile_origin(tile_ids, tiles_per_row, tiles_per_image)
   px, py = _subtile_pixels(tile_ids, tiles_per_row, tiles_per_image)
   n_sub = px.shape[0]
-  n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
 
   # `trans` carries the transmittance with its sign as the `done` flag (negative once the pixel has
   # stopped): one state array fewer for XLA to recompute the unrolled chain for.
-  def not_finished(carry):
-    step, trans, _, _ = carry
-    return (step < n_steps) & jnp.any(trans > 0)
-
-  def body(carry):
-    step, trans, last, acc = carry
-    _, rows = _gather_chunk(table, slots, step)
+  def step(slots, carry):
+    position, trans, last, acc = carry
+    idx, rows = _gather_chunk(table, slots, position)
     # α of the whole chunk in one pass (0 where skipped); the barrier keeps XLA from re-evaluating
     # the exponentials inside every consumer of the recurrence below.
     alphas = []
@@ -193,39 +199,49 @@ def _forward_group(table, slots, sizes, tile_ids, tiles_per_row, tiles_per_image
       blend = keep & ~stop
       acc = acc + jnp.where(blend, alpha * trans, 0.0)[:, None, :] * rows[:, j, PARAM_ROWS:, None]
       trans = jnp.where(stop, -trans, jnp.where(blend, t_next, trans))
-      last = jnp.where(blend, step * CHUNK + j, last)
-    return step + 1, trans, last, acc
+      last = jnp.where(blend, idx[:, j, None], last)
+    return position + 1, trans, last, acc
+
+  def needed(trans):   # a sub-tile needs the rest of its list while any of its pixels goes on
+    going = jnp.any(trans > 0, axis=1).reshape(-1, SUBTILES)
+    return jnp.where(going, counts[:, None] - 1, -1)
+
+  def block_step(carry):
+    block, state = carry
+    slots, sizes = _block_sublists(table, needed(state[0]), x0, y0, block, kcap)
+    n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
+    state = jax.lax.while_loop(lambda c: (c[0] < n_steps) & jnp.any(c[1] > 0),
+                               functools.partial(step, slots), (jnp.int32(0), *state))
+    return block + 1, state[1:]
+
+  def not_finished(carry):
+    block, state = carry
+    return jnp.any(needed(state[0]) >= block * BLOCK)
 
   pixels = (n_sub, SUBTILE_PIXELS)
-  carry = (jnp.int32(0), jnp.ones(pixels, jnp.float32), jnp.full(pixels, -1, jnp.int32),
+  state = (jnp.ones(pixels, jnp.float32), jnp.full(pixels, -1, jnp.int32),
            jnp.zeros((n_sub, n_feats, SUBTILE_PIXELS), jnp.float32))
-  _, trans, last, acc = jax.lax.while_loop(not_finished, body, carry)
-  trans = jnp.abs(trans)
-  # Sub-list positions → tile slots (the contract's `last`).
-  flat_slots = slots.reshape(n_sub, -1)
-  last = jnp.where(last >= 0, jnp.take_along_axis(flat_slots, jnp.maximum(last, 0), axis=1), -1)
-  return _to_tiles(acc), _to_tiles(trans), _to_tiles(last)
+  _, (trans, last, acc) = jax.lax.while_loop(not_finished, block_step, (jnp.int32(0), state))
+  return _to_tiles(acc), _to_tiles(jnp.abs(trans)), _to_tiles(last)
 
 
-def _backward_group(table, slots, acc, t_final, last, g_acc, g_t, tile_ids, tiles_per_row,
+def _backward_group(table, counts, acc, t_final, last, g_acc, g_t, tile_ids, *, kcap, tiles_per_row,
                     tiles_per_image):
-  n_tiles, kcap_1, n_rows = table.shape
+  n_tiles, kpad, n_rows = table.shape
+  x0, y0 = _tile_origin(tile_ids, tiles_per_row, tiles_per_image)
   px, py = _subtile_pixels(tile_ids, tiles_per_row, tiles_per_image)
   n_sub = px.shape[0]
   acc, g_acc = _to_subtiles(acc), _to_subtiles(g_acc)
   t_final, last, g_t = _to_subtiles(t_final), _to_subtiles(last), _to_subtiles(g_t)
-  # Positions to revisit: every sub-list entry up to the sub-tile's last blended slot.
-  flat_slots = slots.reshape(n_sub, -1)
-  n_blended = jnp.sum(flat_slots <= jnp.max(last, axis=1, keepdims=True), axis=1)
-  n_steps = (jnp.max(n_blended, initial=0) + CHUNK - 1) // CHUNK
+  needed = jnp.max(last, axis=1).reshape(-1, SUBTILES)      # the last blended slot per sub-tile
+  n_blocks = (jnp.max(needed, initial=-1) + BLOCK) // BLOCK
   acc_dot_g = jnp.sum(acc * g_acc, axis=1)                 # [M, P]
   background_term = g_t * t_final                          # [M, P]
   tile_of = jnp.repeat(jnp.arange(n_tiles), SUBTILES)[:, None]
 
-  def body(step, carry):
+  def step(slots, position, carry):
     trans, behind, g_table = carry
-    idx, rows = _gather_chunk(table, slots, step)
-    idx = idx.reshape(n_sub, CHUNK)
+    idx, rows = _gather_chunk(table, slots, position)
     # Order-free per-pair terms of the whole chunk in one pass ([CHUNK, M, P]): α where the pair was
     # blended (0 elsewhere), e^-σ and c·g.
     pairs = []
@@ -264,11 +280,16 @@ def _backward_group(table, slots, acc, t_final, last, g_acc, g_t, tile_ids, tile
     g_table = g_table.at[tile_of, idx].add(grads)
     return trans, behind, g_table
 
+  def block_step(block, carry):
+    slots, sizes = _block_sublists(table, needed, x0, y0, block, kcap)
+    n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
+    return jax.lax.fori_loop(0, n_steps, functools.partial(step, slots), carry)
+
   pixels = (n_sub, SUBTILE_PIXELS)
   carry = (jnp.ones(pixels, jnp.float32), jnp.zeros(pixels, jnp.float32),
-           jnp.zeros((n_tiles, kcap_1, n_rows - PARAM_ROWS + GRAD_PARAM_ROWS), jnp.float32))
-  _, _, g_table = jax.lax.fori_loop(0, n_steps, body, carry)
-  return g_table[:, :-1]
+           jnp.zeros((n_tiles, kpad, n_rows - PARAM_ROWS + GRAD_PARAM_ROWS), jnp.float32))
+  _, _, g_table = jax.lax.fori_loop(0, n_blocks, block_step, carry)
+  return g_table
 
 
 def _group_layout(n_tiles: int) -> tuple[int, int]:
@@ -283,16 +304,18 @@ def _grouped(x: jax.Array, n_groups: int, group: int) -> jax.Array:
 
 
 def _map_tile_groups(group_fn, params, feats, counts, per_tile, *, tiles_per_row, tiles_per_image):
-  """Runs `group_fn(table, slots, *per_tile, tile_ids)` over groups of tiles and returns its outputs
-  with the tile axis restored. table [tiles, Kcap+1, 8+D] holds each slot's parameters and
-  features in one row (row Kcap is zero: sub-list padding reads it)."""
-  n_tiles = params.shape[0]
-  slots, sizes = _subtile_lists(params, counts, tiles_per_row, tiles_per_image)
-  table = jnp.pad(jnp.concatenate([params, feats], axis=1).transpose(0, 2, 1), ((0, 0), (0, 1), (0, 0)))
+  """Runs `group_fn(table, counts, *per_tile, tile_ids)` over groups of tiles and returns its outputs
+  with the tile axis restored. table [tiles, Kpad, 8+D] holds each slot's parameters and features in
+  one row; rows Kcap… (Kpad a multiple of BLOCK above Kcap) are zero: sub-list padding reads them."""
+  n_tiles, _, kcap = params.shape
+  kpad = (kcap // BLOCK + 1) * BLOCK
+  table = jnp.pad(jnp.concatenate([params, feats], axis=1).transpose(0, 2, 1),
+                  ((0, 0), (0, kpad - kcap), (0, 0)))
   n_groups, group = _group_layout(n_tiles)
   tile_ids = jnp.arange(n_groups * group, dtype=jnp.int32)
-  xs = tuple(_grouped(x, n_groups, group) for x in (table, slots, *per_tile(sizes), tile_ids))
-  fn = functools.partial(group_fn, tiles_per_row=tiles_per_row, tiles_per_image=tiles_per_image)
+  xs = tuple(_grouped(x, n_groups, group) for x in (table, counts, *per_tile, tile_ids))
+  fn = functools.partial(group_fn, kcap=kcap, tiles_per_row=tiles_per_row,
+                         tiles_per_image=tiles_per_image)
   out = jax.lax.map(lambda x: fn(*x), xs)
   return jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:])[:n_tiles], out)
 
@@ -302,8 +325,8 @@ def forward(params: jax.Array, feats: jax.Array, counts: jax.Array, *, tiles_per
   """(acc [n_tiles, D, 256], t_final [n_tiles, 256], last [n_tiles, 256]); see the module doc."""
   del interpret  # XLA needs no interpreter
   _check(params, feats, counts)
-  return _map_tile_groups(_forward_group, params, feats, counts, lambda sizes: (sizes,),
-                          tiles_per_row=tiles_per_row, tiles_per_image=tiles_per_image)
+  return _map_tile_groups(_forward_group, params, feats, counts, (), tiles_per_row=tiles_per_row,
+                          tiles_per_image=tiles_per_image)
 
 
 def backward(params: jax.Array, feats: jax.Array, counts: jax.Array, acc: jax.Array,
@@ -312,9 +335,8 @@ def backward(params: jax.Array, feats: jax.Array, counts: jax.Array, acc: jax.Ar
   """(g_params [n_tiles, 8, Kcap], g_feats [n_tiles, D, Kcap]) for cotangents g_acc, g_t."""
   del interpret
   _check(params, feats, counts)
-  g_table = _map_tile_groups(_backward_group, params, feats, counts,
-                             lambda sizes: (acc, t_final, last, g_acc, g_t),
+  g_table = _map_tile_groups(_backward_group, params, feats, counts, (acc, t_final, last, g_acc, g_t),
                              tiles_per_row=tiles_per_row, tiles_per_image=tiles_per_image)
-  g_table = g_table.transpose(0, 2, 1)
+  g_table = g_table[:, :params.shape[2]].transpose(0, 2, 1)
   g_params = jnp.pad(g_table[:, :GRAD_PARAM_ROWS], ((0, 0), (0, PARAM_ROWS - GRAD_PARAM_ROWS), (0, 0)))
   return g_params, g_table[:, GRAD_PARAM_ROWS:]
