@@ -1,8 +1,9 @@
 """Public differentiable Gaussian-splat renderer with gsplat 1.5.3 classic semantics (rasterizer.md).
 
-Pipeline: projection + SH per camera → static-capacity binning and sort → gather per-tile slabs →
-compositor (`kernels.gaussian_raster.composite`, a custom VJP) → un-tile, crop, background. The gather
-stays outside the custom VJP: its transpose sums per-slot gradients into per-Gaussian ones.
+Pipeline: projection + SH per camera → static-capacity binning and sort → compositor on per-Gaussian
+rows and the tile lists (`kernels.gaussian_raster.composite_lists`, a custom VJP: XLA gathers lazily
+and returns per-Gaussian gradients; Pallas gathers per-tile slabs outside its kernels' VJP) → un-tile,
+crop, background.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 
 from flashworld_jax.render import binning, projection, sh
 from flashworld_jax.render.binning import RasterCapacity
-from kernels.gaussian_raster import BACKENDS, composite
+from kernels.gaussian_raster import BACKENDS, composite_lists
 
 RENDER_MODES = ("RGB", "D", "RGB+D")
 RASTERIZE_MODES = ("classic", "antialiased")
@@ -124,19 +125,15 @@ def _rasterize(means, quats, scales, opacities, colors, viewmats, Ks, background
 
   lists = binning.bin_gaussians(jax.lax.stop_gradient(proj.means2d), proj.radii,
                                 jax.lax.stop_gradient(proj.depths), width, height, capacity)
-  # Gather per-tile slabs [n_tiles, rows, Kcap]; id -1 (padding) reads an all-zero column.
-  table = jnp.concatenate([proj.means2d, proj.conics, proj.opacities[..., None],
-                           jnp.zeros((n_cameras, n, 2), jnp.float32)], axis=-1).reshape(n_cameras * n, 8)
-  table = jnp.concatenate([table, jnp.zeros((1, 8), jnp.float32)])
-  feat_table = feats.reshape(n_cameras * n, feats.shape[-1])
-  feat_table = jnp.concatenate([feat_table, jnp.zeros((1, feat_table.shape[1]), jnp.float32)])
-  ids = jnp.where(lists.ids < 0, n_cameras * n, lists.ids)
-  params_slab = jnp.moveaxis(table.T[:, ids], 0, 1)
-  feats_slab = jnp.moveaxis(feat_table.T[:, ids], 0, 1)
-
+  # One row per (camera, Gaussian) and a zero row for list padding; the compositor gathers what the
+  # lists reach (the XLA path lazily, block by block) and returns per-row gradients.
+  rows = jnp.concatenate([proj.means2d, proj.conics, proj.opacities[..., None],
+                          jnp.zeros((n_cameras, n, 2), jnp.float32), feats], axis=-1)
+  rows = jnp.pad(rows.reshape(n_cameras * n, rows.shape[-1]), ((0, 1), (0, 0)))
   tiles_x, tiles_y = binning.tile_grid(width, height)
-  acc, t_final = composite(params_slab, feats_slab, lists.counts, tiles_per_row=tiles_x,
-                           tiles_per_image=tiles_x * tiles_y, backend=backend, interpret=interpret)
+  acc, t_final = composite_lists(rows, lists.ids, lists.counts, tiles_per_row=tiles_x,
+                                 tiles_per_image=tiles_x * tiles_y, backend=backend,
+                                 interpret=interpret)
   image = _untile(acc, n_cameras, width, height)
   t_image = _untile(t_final[:, None, :], n_cameras, width, height)
   if backgrounds is not None and render_mode != "D":

@@ -1,8 +1,11 @@
-"""Tile compositor entry point: backend dispatch and the custom VJP (rasterizer.md §3-§4.4).
+"""Tile compositor entry points: backend dispatch and the custom VJPs (rasterizer.md §3-§4.4).
 
-`composite` is differentiable w.r.t. `params` and `feats` (per-slot; the caller's gather turns them into
-per-Gaussian gradients). Every backend sits behind one `jax.custom_vjp`: `pallas_call` has no transpose
-rule, and the backward must reuse the forward's `last` (never re-derive inclusion from T thresholds).
+`composite` takes per-tile slabs (the kernels' contract) and is differentiable w.r.t. `params` and
+`feats` per slot; the caller's gather turns them into per-Gaussian gradients. `composite_lists` takes
+per-Gaussian rows and the tile lists: on XLA it gathers lazily, only the list blocks it reaches, and
+returns per-Gaussian gradients directly; on Pallas it gathers the slabs and calls `composite`. Every
+backend sits behind a `jax.custom_vjp`: `pallas_call` has no transpose rule, and the backward must
+reuse the forward's `last` (never re-derive inclusion from T thresholds).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import importlib
 from types import ModuleType
 
 import jax
+import jax.numpy as jnp
 
 from kernels.gaussian_raster import reference
 
@@ -105,3 +109,52 @@ def composite(params: jax.Array, feats: jax.Array, counts: jax.Array, *, tiles_p
     raise ValueError(f"composite: counts shape {counts.shape}, expected ({params.shape[0]},)")
   _candidates(backend)
   return _composite(params, feats, counts, tiles_per_row, tiles_per_image, backend, interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _composite_lists_xla(rows, ids, counts, tiles_per_row, tiles_per_image):
+  acc, t_final, _ = reference.forward_lists(rows, ids, counts, tiles_per_row=tiles_per_row,
+                                            tiles_per_image=tiles_per_image)
+  return acc, t_final
+
+
+def _composite_lists_xla_fwd(rows, ids, counts, tiles_per_row, tiles_per_image):
+  acc, t_final, last = reference.forward_lists(rows, ids, counts, tiles_per_row=tiles_per_row,
+                                               tiles_per_image=tiles_per_image)
+  return (acc, t_final), (rows, ids, counts, acc, t_final, last)
+
+
+def _composite_lists_xla_bwd(tiles_per_row, tiles_per_image, residuals, cotangents):
+  g_rows = reference.backward_lists(*residuals, *cotangents, tiles_per_row=tiles_per_row,
+                                    tiles_per_image=tiles_per_image)
+  return g_rows, None, None
+
+
+_composite_lists_xla.defvjp(_composite_lists_xla_fwd, _composite_lists_xla_bwd)
+
+
+def composite_lists(rows: jax.Array, ids: jax.Array, counts: jax.Array, *, tiles_per_row: int,
+                    tiles_per_image: int, backend: str = "auto",
+                    interpret: bool = False) -> tuple[jax.Array, jax.Array]:
+  """`composite` from per-Gaussian rows and per-tile lists, differentiable w.r.t. `rows`.
+
+  Args:
+    rows: f32[G+1, 8+D], per Gaussian (mean_x, mean_y, conic_a, conic_b, conic_c, opacity, 0, 0)
+      then its D features; the last row is zero (list padding points at it).
+    ids: i32[n_tiles, Kcap] per-tile, depth-sorted indices into rows; padding G (or −1).
+    counts: i32[n_tiles] valid entries per list.
+    tiles_per_row, tiles_per_image, backend, interpret: as `composite`.
+
+  Returns:
+    acc f32[n_tiles, D, 256] and t_final f32[n_tiles, 256], as `composite`.
+  """
+  if rows.ndim != 2 or rows.shape[1] <= 8:
+    raise ValueError(f"composite_lists: rows shape {rows.shape}, expected [G+1, 8+D] with D >= 1")
+  if ids.ndim != 2 or counts.shape != (ids.shape[0],):
+    raise ValueError(f"composite_lists: ids {ids.shape} / counts {counts.shape}, expected "
+                     "[n_tiles, Kcap] / [n_tiles]")
+  if _candidates(backend)[0] == "xla":
+    return _composite_lists_xla(rows, ids, counts, tiles_per_row, tiles_per_image)
+  slabs = jnp.moveaxis(rows.T[:, jnp.where(ids < 0, rows.shape[0] - 1, ids)], 0, 1)
+  return composite(slabs[:, :8], slabs[:, 8:], counts, tiles_per_row=tiles_per_row,
+                   tiles_per_image=tiles_per_image, backend=backend, interpret=interpret)

@@ -41,7 +41,7 @@ TILE_PIXELS = TILE_SIZE * TILE_SIZE
 SUBTILE = 8              # sub-tile side in pixels; divides TILE_SIZE
 SUBTILES = (TILE_SIZE // SUBTILE) ** 2
 SUBTILE_PIXELS = SUBTILE * SUBTILE
-CHUNK = 8                # list positions per loop iteration (unrolled); divides every Kcap used
+CHUNK = 8                # list positions per loop iteration (unrolled); divides BLOCK
 SUBTILES_PER_GROUP = 128  # sub-tiles in lockstep: larger amortises loop overhead, smaller exits earlier
 BLOCK = 256              # tile-list positions whose sub-lists are built together, only once reached
 ALPHA_THRESHOLD = 1.0 / 255.0
@@ -53,9 +53,9 @@ GRAD_PARAM_ROWS = 6      # mean_x, mean_y, conic a, b, c, opacity: rows 6 and 7 
 
 def _check(params: jax.Array, feats: jax.Array, counts: jax.Array) -> None:
   n_tiles, rows, kcap = params.shape
-  if rows != PARAM_ROWS or kcap % CHUNK or feats.shape[0] != n_tiles or feats.shape[2] != kcap:
+  if rows != PARAM_ROWS or feats.shape[0] != n_tiles or feats.shape[2] != kcap:
     raise NotImplementedError(f"reference: params {params.shape} / feats {feats.shape} do not fit "
-                              f"[n_tiles, 8, Kcap] / [n_tiles, D, Kcap] with Kcap % {CHUNK} == 0")
+                              f"[n_tiles, 8, Kcap] / [n_tiles, D, Kcap]")
   if counts.shape != (n_tiles,):
     raise NotImplementedError(f"reference: counts {counts.shape}, expected ({n_tiles},)")
 
@@ -89,18 +89,17 @@ def _reach(a: jax.Array, b: jax.Array, c: jax.Array, opacity: jax.Array):
   return hx, hy
 
 
-def _block_sublists(table: jax.Array, needed: jax.Array, x0: jax.Array, y0: jax.Array,
-                    block: jax.Array, kcap: int):
-  """Sub-lists of the tile-list positions [block·BLOCK, (block+1)·BLOCK) of a group of tiles.
+def _block_sublists(block_rows: jax.Array, needed: jax.Array, x0: jax.Array, y0: jax.Array,
+                    start: jax.Array):
+  """Sub-lists of one block of BLOCK tile-list positions, start… , of a group of B tiles.
 
-  table [B, Kpad, 8+D] slot rows, needed [B, SUBTILES]: the last slot each sub-tile still needs (−1:
-  none; stopped sub-tiles skip the rest of their lists), tile origins x0, y0 [B]. Returns the
-  increasing tile slots that can reach each sub-tile, [B, SUBTILES, BLOCK] int32 padded with `kcap`
-  (a zero row), and their number [B, SUBTILES].
+  block_rows [B, BLOCK + 1, 8+D] the block's rows (the last one zero), needed [B, SUBTILES]: the last
+  tile-list position each sub-tile still needs (−1: none; stopped sub-tiles skip the rest of their
+  lists), tile origins x0, y0 [B]. Returns the increasing block positions that can reach each
+  sub-tile, [B, SUBTILES, BLOCK] int32 padded with BLOCK (the zero row), and their number.
   """
-  n_tiles = table.shape[0]
-  start = block * BLOCK
-  p = jax.lax.dynamic_slice_in_dim(table, start, BLOCK, axis=1)           # [B, BLOCK, R]
+  n_tiles = block_rows.shape[0]
+  p = block_rows[:, :BLOCK]
   hx, hy = _reach(p[..., 2], p[..., 3], p[..., 4], p[..., 5])
   local_x = p[..., 0] - x0[:, None].astype(jnp.float32)
   local_y = p[..., 1] - y0[:, None].astype(jnp.float32)
@@ -110,16 +109,22 @@ def _block_sublists(table: jax.Array, needed: jax.Array, x0: jax.Array, y0: jax.
   def overlaps(centre, half):   # [B, BLOCK, sides]
     return ((centre + half)[..., None] >= first) & ((centre - half)[..., None] <= last)
 
-  position = start + jnp.arange(BLOCK, dtype=jnp.int32)
+  local = jnp.arange(BLOCK, dtype=jnp.int32)
   reach = overlaps(local_y, hy)[..., :, None] & overlaps(local_x, hx)[..., None, :]
-  reach = reach.reshape(n_tiles, BLOCK, SUBTILES).transpose(0, 2, 1) & (position <= needed[..., None])
+  reach = reach.reshape(n_tiles, BLOCK, SUBTILES).transpose(0, 2, 1) & (start + local <= needed[..., None])
   rank = jnp.cumsum(reach, axis=2, dtype=jnp.int32) - 1
   rows = n_tiles * SUBTILES
   target = jnp.where(reach, rank + jnp.arange(rows, dtype=jnp.int32).reshape(n_tiles, SUBTILES, 1) * BLOCK,
                      rows * BLOCK)
-  slots = jnp.full((rows * BLOCK,), kcap, jnp.int32).at[target.reshape(-1)].set(
-      jnp.broadcast_to(position, reach.shape).reshape(-1), mode="drop")
+  slots = jnp.full((rows * BLOCK,), BLOCK, jnp.int32).at[target.reshape(-1)].set(
+      jnp.broadcast_to(local, reach.shape).reshape(-1), mode="drop")
   return slots.reshape(n_tiles, SUBTILES, BLOCK), rank[..., -1] + 1
+
+
+def _block_rows(rows: jax.Array, ids: jax.Array, block: jax.Array):
+  """The ids [B, BLOCK] of tile-list block `block` and their rows [B, BLOCK + 1, R] (last one zero)."""
+  block_ids = jax.lax.dynamic_slice_in_dim(ids, block * BLOCK, BLOCK, axis=1)
+  return block_ids, jnp.pad(rows[block_ids], ((0, 0), (0, 1), (0, 0)))
 
 
 def _subtile_pixels(tile_ids: jax.Array, tiles_per_row: int, tiles_per_image: int):
@@ -165,30 +170,30 @@ def _pair_alpha(p: jax.Array, px: jax.Array, py: jax.Array):
   return dx, dy, gauss, alpha, keep
 
 
-def _gather_chunk(table: jax.Array, slots: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Slots [M, CHUNK] at sub-list positions step·CHUNK… and their table rows [M, CHUNK, R]."""
+def _gather_chunk(block_rows: jax.Array, slots: jax.Array, step: jax.Array):
+  """Block positions [M, CHUNK] at sub-list positions step·CHUNK… and their rows [M, CHUNK, R]."""
   idx = jax.lax.dynamic_slice_in_dim(slots, step * CHUNK, CHUNK, axis=2)
-  rows = table[jnp.arange(table.shape[0])[:, None, None], idx]
-  return idx.reshape(-1, CHUNK), rows.reshape(-1, CHUNK, table.shape[2])
+  chunk = block_rows[jnp.arange(block_rows.shape[0])[:, None, None], idx]
+  return idx.reshape(-1, CHUNK), chunk.reshape(-1, CHUNK, block_rows.shape[2])
 
 
-def _forward_group(table, counts, tile_ids, *, kcap, tiles_per_row, tiles_per_image):
-  """table [B, Kpad, 8+D] slot rows (zero from row Kcap on), counts [B], tile ids [B]."""
-  n_feats = table.shape[2] - PARAM_ROWS
+def _forward_group(rows, ids, counts, tile_ids, *, tiles_per_row, tiles_per_image):
+  """rows [G+1, 8+D] (the last one zero), ids [B, Kpad] into rows, counts [B], tile ids [B]."""
+  n_feats = rows.shape[1] - PARAM_ROWS
   x0, y0 = _tile_origin(tile_ids, tiles_per_row, tiles_per_image)
   px, py = _subtile_pixels(tile_ids, tiles_per_row, tiles_per_image)
   n_sub = px.shape[0]
 
   # `trans` carries the transmittance with its sign as the `done` flag (negative once the pixel has
   # stopped): one state array fewer for XLA to recompute the unrolled chain for.
-  def step(slots, carry):
+  def step(block_rows, slots, start, carry):
     position, trans, last, acc = carry
-    idx, rows = _gather_chunk(table, slots, position)
+    idx, chunk = _gather_chunk(block_rows, slots, position)
     # α of the whole chunk in one pass (0 where skipped); the barrier keeps XLA from re-evaluating
     # the exponentials inside every consumer of the recurrence below.
     alphas = []
     for j in range(CHUNK):
-      _, _, _, alpha, keep = _pair_alpha(rows[:, j], px, py)
+      _, _, _, alpha, keep = _pair_alpha(chunk[:, j], px, py)
       alphas.append(jnp.where(keep, alpha, 0.0))
     alphas = jax.lax.optimization_barrier(jnp.stack(alphas))               # [CHUNK, M, P]
     for j in range(CHUNK):
@@ -197,9 +202,9 @@ def _forward_group(table, counts, tile_ids, *, kcap, tiles_per_row, tiles_per_im
       t_next = trans * (1.0 - alpha)
       stop = keep & (t_next <= T_MIN)
       blend = keep & ~stop
-      acc = acc + jnp.where(blend, alpha * trans, 0.0)[:, None, :] * rows[:, j, PARAM_ROWS:, None]
+      acc = acc + jnp.where(blend, alpha * trans, 0.0)[:, None, :] * chunk[:, j, PARAM_ROWS:, None]
       trans = jnp.where(stop, -trans, jnp.where(blend, t_next, trans))
-      last = jnp.where(blend, idx[:, j, None], last)
+      last = jnp.where(blend, start + idx[:, j, None], last)
     return position + 1, trans, last, acc
 
   def needed(trans):   # a sub-tile needs the rest of its list while any of its pixels goes on
@@ -208,10 +213,12 @@ def _forward_group(table, counts, tile_ids, *, kcap, tiles_per_row, tiles_per_im
 
   def block_step(carry):
     block, state = carry
-    slots, sizes = _block_sublists(table, needed(state[0]), x0, y0, block, kcap)
+    _, block_rows = _block_rows(rows, ids, block)
+    slots, sizes = _block_sublists(block_rows, needed(state[0]), x0, y0, block * BLOCK)
     n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
     state = jax.lax.while_loop(lambda c: (c[0] < n_steps) & jnp.any(c[1] > 0),
-                               functools.partial(step, slots), (jnp.int32(0), *state))
+                               functools.partial(step, block_rows, slots, block * BLOCK),
+                               (jnp.int32(0), *state))
     return block + 1, state[1:]
 
   def not_finished(carry):
@@ -225,9 +232,11 @@ def _forward_group(table, counts, tile_ids, *, kcap, tiles_per_row, tiles_per_im
   return _to_tiles(acc), _to_tiles(jnp.abs(trans)), _to_tiles(last)
 
 
-def _backward_group(table, counts, acc, t_final, last, g_acc, g_t, tile_ids, *, kcap, tiles_per_row,
-                    tiles_per_image):
-  n_tiles, kpad, n_rows = table.shape
+def _backward_group(rows, g_rows, group, *, tiles_per_row, tiles_per_image):
+  """Adds the group's gradients to g_rows [G+1, 6+D]; group = (ids, counts, acc, t_final, last,
+  g_acc, g_t, tile ids), each with the group's tiles leading."""
+  ids, _, acc, t_final, last, g_acc, g_t, tile_ids = group
+  n_tiles = ids.shape[0]
   x0, y0 = _tile_origin(tile_ids, tiles_per_row, tiles_per_image)
   px, py = _subtile_pixels(tile_ids, tiles_per_row, tiles_per_image)
   n_sub = px.shape[0]
@@ -239,16 +248,16 @@ def _backward_group(table, counts, acc, t_final, last, g_acc, g_t, tile_ids, *, 
   background_term = g_t * t_final                          # [M, P]
   tile_of = jnp.repeat(jnp.arange(n_tiles), SUBTILES)[:, None]
 
-  def step(slots, position, carry):
-    trans, behind, g_table = carry
-    idx, rows = _gather_chunk(table, slots, position)
+  def step(block_rows, slots, start, position, carry):
+    trans, behind, g_block = carry
+    idx, chunk = _gather_chunk(block_rows, slots, position)
     # Order-free per-pair terms of the whole chunk in one pass ([CHUNK, M, P]): α where the pair was
     # blended (0 elsewhere), e^-σ and c·g.
     pairs = []
     for j in range(CHUNK):
-      _, _, gauss, alpha, keep = _pair_alpha(rows[:, j], px, py)
-      inc = keep & (idx[:, j, None] <= last)
-      color_dot_g = jnp.sum(g_acc * rows[:, j, PARAM_ROWS:, None], axis=1)
+      _, _, gauss, alpha, keep = _pair_alpha(chunk[:, j], px, py)
+      inc = keep & (start + idx[:, j, None] <= last)
+      color_dot_g = jnp.sum(g_acc * chunk[:, j, PARAM_ROWS:, None], axis=1)
       pairs.append(jnp.stack([jnp.where(inc, alpha, 0.0), gauss, color_dot_g]))
     alpha, gauss, color_dot_g = jax.lax.optimization_barrier(jnp.stack(pairs, axis=1))
     # The recurrence in forward order: T before each pair and the prefix Σ_{j≤i} w_j (c_j·g).
@@ -262,7 +271,7 @@ def _backward_group(table, counts, acc, t_final, last, g_acc, g_t, tile_ids, *, 
       trans = trans * (1.0 - alpha[j])
     v_alpha, w = jax.lax.optimization_barrier((jnp.stack(v_alphas), jnp.stack(weights)))
     # Reductions over each sub-tile's pixels, for all chunk positions at once.
-    p = rows.transpose(1, 2, 0)[..., None]                   # [CHUNK, R, M, 1]
+    p = chunk.transpose(1, 2, 0)[..., None]                   # [CHUNK, R, M, 1]
     dx, dy = p[:, 0] - px, p[:, 1] - py
     o_gauss = p[:, 5] * gauss
     unclamped = o_gauss <= ALPHA_MAX
@@ -276,20 +285,22 @@ def _backward_group(table, counts, acc, t_final, last, g_acc, g_t, tile_ids, *, 
                           0.5 * sum_dyy, g_opacity], axis=-1)            # [CHUNK, M, 6]
     g_feats = jnp.einsum("kmp,mdp->kmd", w, g_acc, precision=jax.lax.Precision.HIGHEST)
     grads = jnp.concatenate([g_params, g_feats], axis=-1).transpose(1, 0, 2)
-    # Padding positions point at the zero row Kcap, which collects (zero) gradients harmlessly.
-    g_table = g_table.at[tile_of, idx].add(grads)
-    return trans, behind, g_table
+    # Padding positions point at the zero row BLOCK, which collects (zero) gradients harmlessly.
+    return trans, behind, g_block.at[tile_of, idx].add(grads)
 
   def block_step(block, carry):
-    slots, sizes = _block_sublists(table, needed, x0, y0, block, kcap)
+    trans, behind, g_rows = carry
+    block_ids, block_rows = _block_rows(rows, ids, block)
+    slots, sizes = _block_sublists(block_rows, needed, x0, y0, block * BLOCK)
     n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
-    return jax.lax.fori_loop(0, n_steps, functools.partial(step, slots), carry)
+    g_block = jnp.zeros(block_rows.shape[:2] + g_rows.shape[1:], jnp.float32)
+    trans, behind, g_block = jax.lax.fori_loop(
+        0, n_steps, functools.partial(step, block_rows, slots, block * BLOCK), (trans, behind, g_block))
+    return trans, behind, g_rows.at[block_ids].add(g_block[:, :BLOCK])
 
   pixels = (n_sub, SUBTILE_PIXELS)
-  carry = (jnp.ones(pixels, jnp.float32), jnp.zeros(pixels, jnp.float32),
-           jnp.zeros((n_tiles, kpad, n_rows - PARAM_ROWS + GRAD_PARAM_ROWS), jnp.float32))
-  _, _, g_table = jax.lax.fori_loop(0, n_blocks, block_step, carry)
-  return g_table
+  carry = (jnp.ones(pixels, jnp.float32), jnp.zeros(pixels, jnp.float32), g_rows)
+  return jax.lax.fori_loop(0, n_blocks, block_step, carry)[2]
 
 
 def _group_layout(n_tiles: int) -> tuple[int, int]:
@@ -303,21 +314,54 @@ def _grouped(x: jax.Array, n_groups: int, group: int) -> jax.Array:
   return x.reshape((n_groups, group) + x.shape[1:])
 
 
-def _map_tile_groups(group_fn, params, feats, counts, per_tile, *, tiles_per_row, tiles_per_image):
-  """Runs `group_fn(table, counts, *per_tile, tile_ids)` over groups of tiles and returns its outputs
-  with the tile axis restored. table [tiles, Kpad, 8+D] holds each slot's parameters and features in
-  one row; rows Kcap… (Kpad a multiple of BLOCK above Kcap) are zero: sub-list padding reads them."""
-  n_tiles, _, kcap = params.shape
-  kpad = (kcap // BLOCK + 1) * BLOCK
-  table = jnp.pad(jnp.concatenate([params, feats], axis=1).transpose(0, 2, 1),
-                  ((0, 0), (0, kpad - kcap), (0, 0)))
+def _grouped_lists(rows, ids, counts, per_tile):
+  """Groups of tiles: (ids padded to Kpad with the zero row, counts, *per_tile, tile ids), each
+  [n_groups, group, ...]. Kpad is a multiple of BLOCK."""
+  n_tiles, kcap = ids.shape
+  zero_row = rows.shape[0] - 1
+  ids = jnp.where(ids < 0, zero_row, ids)
+  ids = jnp.pad(ids, ((0, 0), (0, -(-kcap // BLOCK) * BLOCK - kcap)), constant_values=zero_row)
   n_groups, group = _group_layout(n_tiles)
-  tile_ids = jnp.arange(n_groups * group, dtype=jnp.int32)
-  xs = tuple(_grouped(x, n_groups, group) for x in (table, counts, *per_tile, tile_ids))
-  fn = functools.partial(group_fn, kcap=kcap, tiles_per_row=tiles_per_row,
+  tile_ids = jnp.arange(n_tiles, dtype=jnp.int32)
+  return tuple(_grouped(x, n_groups, group) for x in (ids, counts, *per_tile, tile_ids))
+
+
+def forward_lists(rows: jax.Array, ids: jax.Array, counts: jax.Array, *, tiles_per_row: int,
+                  tiles_per_image: int):
+  """Compositing straight from per-Gaussian rows, gathered lazily (the XLA path of rasterization).
+
+  rows f32[G+1, 8+D]: (mean_x, mean_y, conic_a, conic_b, conic_c, opacity, 0, 0, features…) per
+  Gaussian, the last row zero; ids i32[n_tiles, Kcap] per-tile lists into rows (padding: G or −1);
+  counts i32[n_tiles]. Returns (acc, t_final, last) as `forward`; `last` indexes the tile lists.
+  """
+  n_tiles = ids.shape[0]
+  fn = functools.partial(_forward_group, rows, tiles_per_row=tiles_per_row,
                          tiles_per_image=tiles_per_image)
-  out = jax.lax.map(lambda x: fn(*x), xs)
+  out = jax.lax.map(lambda x: fn(*x), _grouped_lists(rows, ids, counts, ()))
   return jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:])[:n_tiles], out)
+
+
+def backward_lists(rows: jax.Array, ids: jax.Array, counts: jax.Array, acc: jax.Array,
+                   t_final: jax.Array, last: jax.Array, g_acc: jax.Array, g_t: jax.Array, *,
+                   tiles_per_row: int, tiles_per_image: int) -> jax.Array:
+  """Gradient w.r.t. rows [G+1, 8+D] (columns 6 and 7 zero) for cotangents g_acc, g_t: only the
+  visited list positions are scattered into it."""
+  fn = functools.partial(_backward_group, rows, tiles_per_row=tiles_per_row,
+                         tiles_per_image=tiles_per_image)
+  g_rows = jnp.zeros((rows.shape[0], rows.shape[1] - PARAM_ROWS + GRAD_PARAM_ROWS), jnp.float32)
+  groups = _grouped_lists(rows, ids, counts, (acc, t_final, last, g_acc, g_t))
+  g_rows, _ = jax.lax.scan(lambda g, group: (fn(g, group), None), g_rows, groups)
+  return jnp.concatenate([g_rows[:, :GRAD_PARAM_ROWS],
+                          jnp.zeros((rows.shape[0], PARAM_ROWS - GRAD_PARAM_ROWS), jnp.float32),
+                          g_rows[:, GRAD_PARAM_ROWS:]], axis=1)
+
+
+def _slab_lists(params: jax.Array, feats: jax.Array):
+  """The slab contract as rows (one per slot, then a zero row) and per-tile ids."""
+  n_tiles, _, kcap = params.shape
+  rows = jnp.concatenate([params, feats], axis=1).transpose(0, 2, 1).reshape(n_tiles * kcap, -1)
+  rows = jnp.pad(rows, ((0, 1), (0, 0)))
+  return rows, jnp.arange(n_tiles * kcap, dtype=jnp.int32).reshape(n_tiles, kcap)
 
 
 def forward(params: jax.Array, feats: jax.Array, counts: jax.Array, *, tiles_per_row: int,
@@ -325,8 +369,8 @@ def forward(params: jax.Array, feats: jax.Array, counts: jax.Array, *, tiles_per
   """(acc [n_tiles, D, 256], t_final [n_tiles, 256], last [n_tiles, 256]); see the module doc."""
   del interpret  # XLA needs no interpreter
   _check(params, feats, counts)
-  return _map_tile_groups(_forward_group, params, feats, counts, (), tiles_per_row=tiles_per_row,
-                          tiles_per_image=tiles_per_image)
+  return forward_lists(*_slab_lists(params, feats), counts, tiles_per_row=tiles_per_row,
+                       tiles_per_image=tiles_per_image)
 
 
 def backward(params: jax.Array, feats: jax.Array, counts: jax.Array, acc: jax.Array,
@@ -335,8 +379,8 @@ def backward(params: jax.Array, feats: jax.Array, counts: jax.Array, acc: jax.Ar
   """(g_params [n_tiles, 8, Kcap], g_feats [n_tiles, D, Kcap]) for cotangents g_acc, g_t."""
   del interpret
   _check(params, feats, counts)
-  g_table = _map_tile_groups(_backward_group, params, feats, counts, (acc, t_final, last, g_acc, g_t),
-                             tiles_per_row=tiles_per_row, tiles_per_image=tiles_per_image)
-  g_table = g_table[:, :params.shape[2]].transpose(0, 2, 1)
-  g_params = jnp.pad(g_table[:, :GRAD_PARAM_ROWS], ((0, 0), (0, PARAM_ROWS - GRAD_PARAM_ROWS), (0, 0)))
-  return g_params, g_table[:, GRAD_PARAM_ROWS:]
+  n_tiles, _, kcap = params.shape
+  g_rows = backward_lists(*_slab_lists(params, feats), counts, acc, t_final, last, g_acc, g_t,
+                          tiles_per_row=tiles_per_row, tiles_per_image=tiles_per_image)
+  g_slabs = g_rows[:-1].reshape(n_tiles, kcap, -1).transpose(0, 2, 1)
+  return g_slabs[:, :PARAM_ROWS], g_slabs[:, PARAM_ROWS:]
