@@ -116,9 +116,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # mode only, not yet on hardware, so generation defaults to the XLA compositor everywhere.
   cfg.render.backend = "xla"
   # Static per-view render capacity of the sampler (grown and re-run on overflow): intersections
-  # per Gaussian of the scene, and Gaussians per 16×16 tile.
-  cfg.render.isects_per_gaussian = 3.0
-  cfg.render.tile_capacity = 8192
+  # per Gaussian of the scene, and Gaussians per 16×16 tile. rasterizer.md §8 expects 2.7-3.3 and
+  # 8-10k for a 24×480×704 scene; 3.0 / 8192 overflowed once on one (a whole re-render), and an
+  # unused slot costs only its share of the sort (the compositor stops at each list's end).
+  cfg.render.isects_per_gaussian = 3.5
+  cfg.render.tile_capacity = 10240
 
   cfg.scheduler = ml_collections.ConfigDict()
   cfg.scheduler.num_train_timesteps = 1000
