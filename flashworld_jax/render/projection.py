@@ -26,16 +26,23 @@ class Projected(NamedTuple):
 
 
 def quat_scale_to_covar(quats: jax.Array, scales: jax.Array) -> jax.Array:
-  """Σ3d = (R·diag(s))(R·diag(s))ᵀ from wxyz quaternions (any length) and scales: [N, 3, 3]."""
+  """Σ3d = (R·diag(s))(R·diag(s))ᵀ from wxyz quaternions (any length) and scales: [N, 3, 3].
+
+  Written per component: XLA:CPU runs batched 3×3 einsums (and their transposes in the backward)
+  2-3× slower than the same arithmetic on [N] vectors.
+  """
   q = quats / jnp.linalg.norm(quats, axis=-1, keepdims=True)
   w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-  rot = jnp.stack([
-      1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-      2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-      2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-  ], axis=-1).reshape(q.shape[:-1] + (3, 3))
-  m = rot * scales[..., None, :]
-  return jnp.einsum("...ij,...kj->...ik", m, m)
+  rot = ((1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)),
+         (2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)),
+         (2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)))
+  m = [[rot[i][j] * scales[..., j] for j in range(3)] for i in range(3)]
+  return _matrix([[sum(m[i][j] * m[k][j] for j in range(3)) for k in range(3)] for i in range(3)])
+
+
+def _matrix(rows) -> jax.Array:
+  """[[x_ij]] nested lists of equal-shape arrays → array [..., n, m]."""
+  return jnp.stack([jnp.stack(row, axis=-1) for row in rows], axis=-2)
 
 
 def project(means: jax.Array, covars: jax.Array, opacities: jax.Array, viewmat: jax.Array,
