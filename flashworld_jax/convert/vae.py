@@ -71,16 +71,22 @@ def _mid_block(block: L.MidBlock, target: str, source: str) -> list[Rule]:
                   + _conv(f"{attention_t}/proj", f"{attention_s}.proj", causal=False))
 
 
+def _resampling_blocks(blocks, name: str, resampler: str, target: str, source: str) -> list[Rule]:
+  """Rules of down_blocks / up_blocks: each block's resnets, then its down/upsampler conv."""
+  rules = []
+  for i, block in enumerate(blocks):
+    for j, resnet in enumerate(block.resnets):
+      rules += _resnet(resnet, f"{target}/{name}/{i}/resnets/{j}", f"{source}.{name}.{i}.resnets.{j}")
+    if getattr(block, resampler) is not None:
+      rules += _conv(f"{target}/{name}/{i}/{resampler}/conv",
+                     f"{source}.{name}.{i}.{resampler}.resample.1", causal=False)
+  return rules
+
+
 def encoder_rules(encoder: WanVAEEncoder, target: str = "encoder",
                   source: str = "encoder") -> list[Rule]:
   rules = _conv(f"{target}/conv_in", f"{source}.conv_in")
-  for i, block in enumerate(encoder.down_blocks):
-    for j, resnet in enumerate(block.resnets):
-      rules += _resnet(resnet, f"{target}/down_blocks/{i}/resnets/{j}",
-                       f"{source}.down_blocks.{i}.resnets.{j}")
-    if block.downsampler is not None:
-      rules += _conv(f"{target}/down_blocks/{i}/downsampler/conv",
-                     f"{source}.down_blocks.{i}.downsampler.resample.1", causal=False)
+  rules += _resampling_blocks(encoder.down_blocks, "down_blocks", "downsampler", target, source)
   rules += _mid_block(encoder.mid_block, f"{target}/mid_block", f"{source}.mid_block")
   return (rules + _norm(f"{target}/norm_out", f"{source}.norm_out")
           + _conv(f"{target}/conv_out", f"{source}.conv_out"))
@@ -91,13 +97,7 @@ def decoder_rules(decoder: WanVAEDecoder, target: str = "decoder", source: str =
   """`with_norm_out=False` leaves the output norm out (D_G's is new, not the VAE's)."""
   rules = _conv(f"{target}/conv_in", f"{source}.conv_in")
   rules += _mid_block(decoder.mid_block, f"{target}/mid_block", f"{source}.mid_block")
-  for i, block in enumerate(decoder.up_blocks):
-    for j, resnet in enumerate(block.resnets):
-      rules += _resnet(resnet, f"{target}/up_blocks/{i}/resnets/{j}",
-                       f"{source}.up_blocks.{i}.resnets.{j}")
-    if block.upsampler is not None:
-      rules += _conv(f"{target}/up_blocks/{i}/upsampler/conv",
-                     f"{source}.up_blocks.{i}.upsampler.resample.1", causal=False)
+  rules += _resampling_blocks(decoder.up_blocks, "up_blocks", "upsampler", target, source)
   if with_norm_out:
     rules += _norm(f"{target}/norm_out", f"{source}.norm_out")
   if decoder.conv_out is not None:

@@ -57,9 +57,7 @@ def _dispatch(op: str, backend: str, *args, **kwargs):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _composite(params, feats, counts, tiles_per_row, tiles_per_image, backend, interpret):
-  acc, t_final, _ = _dispatch("forward", backend, params, feats, counts, tiles_per_row=tiles_per_row,
-                              tiles_per_image=tiles_per_image, interpret=interpret)
-  return acc, t_final
+  return _composite_fwd(params, feats, counts, tiles_per_row, tiles_per_image, backend, interpret)[0]
 
 
 def _composite_fwd(params, feats, counts, tiles_per_row, tiles_per_image, backend, interpret):
@@ -113,9 +111,7 @@ def composite(params: jax.Array, feats: jax.Array, counts: jax.Array, *, tiles_p
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _composite_lists_xla(rows, ids, counts, tiles_per_row, tiles_per_image):
-  acc, t_final, _ = reference.forward_lists(rows, ids, counts, tiles_per_row=tiles_per_row,
-                                            tiles_per_image=tiles_per_image)
-  return acc, t_final
+  return _composite_lists_xla_fwd(rows, ids, counts, tiles_per_row, tiles_per_image)[0]
 
 
 def _composite_lists_xla_fwd(rows, ids, counts, tiles_per_row, tiles_per_image):

@@ -24,11 +24,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from kernels.gaussian_raster.reference import ALPHA_MAX, ALPHA_THRESHOLD, T_MIN, TILE_PIXELS, TILE_SIZE
+from kernels.gaussian_raster.reference import (ALPHA_MAX, ALPHA_THRESHOLD, GRAD_ROWS, PARAM_ROWS, T_MIN,
+                                               TILE_PIXELS, TILE_SIZE)
 
 CHUNK = 128         # Gaussians per grid step: one lane width (TPU) / one warpgroup's loop (GPU)
-PARAM_ROWS = 8      # mean_x, mean_y, conic_a, conic_b, conic_c, opacity, 0, 0
-GRAD_ROWS = 6       # rows of g_params that carry gradients; rows 6-7 stay zero
 
 __all__ = ["ALPHA_MAX", "ALPHA_THRESHOLD", "CHUNK", "GRAD_ROWS", "PARAM_ROWS", "T_MIN", "TILE_PIXELS",
            "TILE_SIZE", "Pair", "check_backward_inputs", "check_slabs", "color_dot", "pair_alpha",

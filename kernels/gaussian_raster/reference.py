@@ -47,8 +47,8 @@ BLOCK = 256              # tile-list positions whose sub-lists are built togethe
 ALPHA_THRESHOLD = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
-PARAM_ROWS = 8
-GRAD_PARAM_ROWS = 6      # mean_x, mean_y, conic a, b, c, opacity: rows 6 and 7 carry no gradient
+PARAM_ROWS = 8           # mean_x, mean_y, conic_a, conic_b, conic_c, opacity, 0, 0
+GRAD_ROWS = 6            # mean_x, mean_y, conic a, b, c, opacity: rows 6 and 7 carry no gradient
 
 
 def _check(params: jax.Array, feats: jax.Array, counts: jax.Array) -> None:
@@ -127,15 +127,14 @@ def _block_rows(rows: jax.Array, ids: jax.Array, block: jax.Array):
   return block_ids, jnp.pad(rows[block_ids], ((0, 0), (0, 1), (0, 0)))
 
 
-def _subtile_pixels(tile_ids: jax.Array, tiles_per_row: int, tiles_per_image: int):
-  """Pixel centres (px, py), each f32[B·SUBTILES, SUBTILE_PIXELS], of the tiles `tile_ids` [B]."""
-  x0, y0 = _tile_origin(tile_ids, tiles_per_row, tiles_per_image)
+def _subtile_pixels(x0: jax.Array, y0: jax.Array):
+  """Pixel centres (px, py), each f32[B·SUBTILES, SUBTILE_PIXELS], of the tiles at origins x0, y0 [B]."""
   per_side = TILE_SIZE // SUBTILE
   s = jnp.arange(SUBTILES)
   q = jnp.arange(SUBTILE_PIXELS)
   px = x0[:, None, None] + (s % per_side * SUBTILE)[None, :, None] + (q % SUBTILE)[None, None, :]
   py = y0[:, None, None] + (s // per_side * SUBTILE)[None, :, None] + (q // SUBTILE)[None, None, :]
-  shape = (tile_ids.shape[0] * SUBTILES, SUBTILE_PIXELS)
+  shape = (x0.shape[0] * SUBTILES, SUBTILE_PIXELS)
   return (px.astype(jnp.float32) + 0.5).reshape(shape), (py.astype(jnp.float32) + 0.5).reshape(shape)
 
 
@@ -181,7 +180,7 @@ def _forward_group(rows, ids, counts, tile_ids, *, tiles_per_row, tiles_per_imag
   """rows [G+1, 8+D] (the last one zero), ids [B, Kpad] into rows, counts [B], tile ids [B]."""
   n_feats = rows.shape[1] - PARAM_ROWS
   x0, y0 = _tile_origin(tile_ids, tiles_per_row, tiles_per_image)
-  px, py = _subtile_pixels(tile_ids, tiles_per_row, tiles_per_image)
+  px, py = _subtile_pixels(x0, y0)
   n_sub = px.shape[0]
 
   # `trans` carries the transmittance with its sign as the `done` flag (negative once the pixel has
@@ -238,7 +237,7 @@ def _backward_group(rows, g_rows, group, *, tiles_per_row, tiles_per_image):
   ids, _, acc, t_final, last, g_acc, g_t, tile_ids = group
   n_tiles = ids.shape[0]
   x0, y0 = _tile_origin(tile_ids, tiles_per_row, tiles_per_image)
-  px, py = _subtile_pixels(tile_ids, tiles_per_row, tiles_per_image)
+  px, py = _subtile_pixels(x0, y0)
   n_sub = px.shape[0]
   acc, g_acc = _to_subtiles(acc), _to_subtiles(g_acc)
   t_final, last, g_t = _to_subtiles(t_final), _to_subtiles(last), _to_subtiles(g_t)
@@ -348,12 +347,12 @@ def backward_lists(rows: jax.Array, ids: jax.Array, counts: jax.Array, acc: jax.
   visited list positions are scattered into it."""
   fn = functools.partial(_backward_group, rows, tiles_per_row=tiles_per_row,
                          tiles_per_image=tiles_per_image)
-  g_rows = jnp.zeros((rows.shape[0], rows.shape[1] - PARAM_ROWS + GRAD_PARAM_ROWS), jnp.float32)
+  g_rows = jnp.zeros((rows.shape[0], rows.shape[1] - PARAM_ROWS + GRAD_ROWS), jnp.float32)
   groups = _grouped_lists(rows, ids, counts, (acc, t_final, last, g_acc, g_t))
   g_rows, _ = jax.lax.scan(lambda g, group: (fn(g, group), None), g_rows, groups)
-  return jnp.concatenate([g_rows[:, :GRAD_PARAM_ROWS],
-                          jnp.zeros((rows.shape[0], PARAM_ROWS - GRAD_PARAM_ROWS), jnp.float32),
-                          g_rows[:, GRAD_PARAM_ROWS:]], axis=1)
+  return jnp.concatenate([g_rows[:, :GRAD_ROWS],
+                          jnp.zeros((rows.shape[0], PARAM_ROWS - GRAD_ROWS), jnp.float32),
+                          g_rows[:, GRAD_ROWS:]], axis=1)
 
 
 def _slab_lists(params: jax.Array, feats: jax.Array):
