@@ -324,17 +324,19 @@ def _grouped(x: jax.Array, n_groups: int, group: int) -> jax.Array:
   return x.reshape((n_groups, group) + x.shape[1:])
 
 
-def _grouped_lists(rows, ids, counts, per_tile):
-  """Groups of tiles: (ids padded to Kpad with the zero row, counts, *per_tile, tile ids), each
-  [n_groups, group, ...]. Kpad is a multiple of the block size."""
+def _grouped_lists(rows, ids, counts, per_tile, work):
+  """Groups of tiles in decreasing order of `work` [n_tiles] (a group runs as long as its longest
+  sub-list: like tiles together waste less): (ids padded to Kpad with the zero row, counts,
+  *per_tile, tile ids), each [n_groups, group, ...]. Kpad is a multiple of the block size."""
   n_tiles, kcap = ids.shape
   zero_row = rows.shape[0] - 1
   ids = jnp.where(ids < 0, zero_row, ids)
   size = _block_size(kcap)
   ids = jnp.pad(ids, ((0, 0), (0, -(-kcap // size) * size - kcap)), constant_values=zero_row)
   n_groups, group = _group_layout(n_tiles)
-  tile_ids = jnp.arange(n_tiles, dtype=jnp.int32)
-  return tuple(_grouped(x, n_groups, group) for x in (ids, counts, *per_tile, tile_ids))
+  order = jnp.argsort(-work, stable=True).astype(jnp.int32)
+  return tuple(_grouped(x, n_groups, group) for x in (*(y[order] for y in (ids, counts, *per_tile)),
+                                                        order))
 
 
 def forward_lists(rows: jax.Array, ids: jax.Array, counts: jax.Array, *, tiles_per_row: int,
@@ -348,8 +350,10 @@ def forward_lists(rows: jax.Array, ids: jax.Array, counts: jax.Array, *, tiles_p
   n_tiles = ids.shape[0]
   fn = functools.partial(_forward_group, rows, tiles_per_row=tiles_per_row,
                          tiles_per_image=tiles_per_image)
-  out = jax.lax.map(lambda x: fn(*x), _grouped_lists(rows, ids, counts, ()))
-  return jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:])[:n_tiles], out)
+  groups = _grouped_lists(rows, ids, counts, (), work=counts)
+  out = jax.lax.map(lambda x: fn(*x), groups)
+  unsort = jnp.argsort(groups[-1].reshape(-1)[:n_tiles])
+  return jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:])[unsort], out)
 
 
 def backward_lists(rows: jax.Array, ids: jax.Array, counts: jax.Array, acc: jax.Array,
@@ -360,7 +364,9 @@ def backward_lists(rows: jax.Array, ids: jax.Array, counts: jax.Array, acc: jax.
   fn = functools.partial(_backward_group, rows, tiles_per_row=tiles_per_row,
                          tiles_per_image=tiles_per_image)
   g_rows = jnp.zeros((rows.shape[0], rows.shape[1] - PARAM_ROWS + GRAD_ROWS), jnp.float32)
-  groups = _grouped_lists(rows, ids, counts, (acc, t_final, last, g_acc, g_t))
+  # The work of a tile ends at its last blended slot.
+  groups = _grouped_lists(rows, ids, counts, (acc, t_final, last, g_acc, g_t),
+                          work=jnp.max(last, axis=1))
   g_rows, _ = jax.lax.scan(lambda g, group: (fn(g, group), None), g_rows, groups)
   return jnp.concatenate([g_rows[:, :GRAD_ROWS],
                           jnp.zeros((rows.shape[0], PARAM_ROWS - GRAD_ROWS), jnp.float32),
