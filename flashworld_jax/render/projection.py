@@ -51,7 +51,6 @@ def project(means: jax.Array, covars: jax.Array, opacities: jax.Array, viewmat: 
   """Projects N Gaussians (means [N,3], covars [N,3,3], opacities [N]) into one pinhole camera."""
   rot_v, t_v = viewmat[:3, :3], viewmat[:3, 3]
   means_c = means @ rot_v.T + t_v
-  covars_c = jnp.einsum("ij,njk,lk->nil", rot_v, covars, rot_v)
   x, y, z = means_c[:, 0], means_c[:, 1], means_c[:, 2]
   in_depth = (z >= near_plane) & (z <= far_plane)
   z_safe = jnp.where(in_depth, z, 1.0)
@@ -65,10 +64,13 @@ def project(means: jax.Array, covars: jax.Array, opacities: jax.Array, viewmat: 
   lim_y_neg = cy / fy + FOV_CLAMP_MARGIN * tan_fovy
   tx = z_safe * jnp.clip(x / z_safe, -lim_x_neg, lim_x_pos)
   ty = z_safe * jnp.clip(y / z_safe, -lim_y_neg, lim_y_pos)
-  zero = jnp.zeros_like(z_safe)
-  jac = jnp.stack([fx / z_safe, zero, -fx * tx / (z_safe * z_safe),
-                   zero, fy / z_safe, -fy * ty / (z_safe * z_safe)], axis=-1).reshape(-1, 2, 3)
-  cov2d = jnp.einsum("nij,njk,nlk->nil", jac, covars_c, jac)
+  # Σ2d = (J·R_v) Σ (J·R_v)ᵀ: J·R_v per component (J has two zeros), then one batched product. The
+  # camera rotation as its own batched einsum cost XLA:CPU more than all the rest with many cameras.
+  jac_x = (fx / z_safe, -fx * tx / (z_safe * z_safe))            # J row 0 at columns 0 and 2
+  jac_y = (fy / z_safe, -fy * ty / (z_safe * z_safe))            # J row 1 at columns 1 and 2
+  jac_rot = jnp.stack([jac_x[0][:, None] * rot_v[0] + jac_x[1][:, None] * rot_v[2],
+                       jac_y[0][:, None] * rot_v[1] + jac_y[1][:, None] * rot_v[2]], axis=1)
+  cov2d = jnp.einsum("nij,njk,nlk->nil", jac_rot, covars, jac_rot)
   means2d = jnp.stack([fx * x / z_safe + cx, fy * y / z_safe + cy], axis=-1)
 
   det0 = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] * cov2d[:, 1, 0]

@@ -84,8 +84,7 @@ def _features(means, colors, viewmats, depths, sh_degree, render_mode) -> jax.Ar
     else:
       campos = jnp.linalg.inv(viewmats)[:, :3, 3]
       dirs = means[None, :, :] - campos[:, None, :]
-      coeffs = jnp.broadcast_to(colors, (n_cameras,) + colors.shape[-3:])
-      rgb = sh.sh_to_rgb(sh_degree, dirs, coeffs)
+      rgb = sh.sh_to_rgb(sh_degree, dirs, colors)     # colors [N,K,3] or [C,N,K,3] broadcast
     parts.append(rgb)
   if render_mode in ("D", "RGB+D"):
     parts.append(depths[..., None])

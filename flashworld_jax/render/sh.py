@@ -11,7 +11,11 @@ def sh_basis(degree: int, dirs: jax.Array) -> jax.Array:
   """The (degree+1)² real SH basis values at unit directions `dirs` [..., 3] → [..., (degree+1)²]."""
   if not 0 <= degree <= MAX_SH_DEGREE:
     raise ValueError(f"sh_basis: degree={degree}, expected 0..{MAX_SH_DEGREE}")
-  x, y, z = dirs[..., 0], dirs[..., 1], dirs[..., 2]
+  return jnp.stack(_basis_terms(degree, dirs[..., 0], dirs[..., 1], dirs[..., 2]), axis=-1)
+
+
+def _basis_terms(degree: int, x: jax.Array, y: jax.Array, z: jax.Array) -> list[jax.Array]:
+  """The basis values at unit directions (x, y, z), one array per term."""
   basis = [jnp.full_like(x, 0.2820947917738781)]
   if degree >= 1:
     basis += [-0.48860251190292 * y, 0.48860251190292 * z, -0.48860251190292 * x]
@@ -29,22 +33,26 @@ def sh_basis(degree: int, dirs: jax.Array) -> jax.Array:
     basis += [-0.5900435899266435 * f_s2, 1.445305721320277 * z * f_s1, tmp_c * y,
               z * (1.865881662950577 * z2 - 1.119528997770346), tmp_c * x,
               1.445305721320277 * z * f_c1, -0.5900435899266435 * f_c2]
-  return jnp.stack(basis, axis=-1)
+  return basis
 
 
 def sh_to_rgb(degree: int, dirs: jax.Array, coeffs: jax.Array) -> jax.Array:
   """Colour `max(Σ_k basis_k(normalize(dirs))·coeff_k + 0.5, 0)`.
 
   dirs [..., 3] need not be unit length; coeffs [..., K, 3] with K ≥ (degree+1)², of which only the
-  first (degree+1)² are used.
+  first (degree+1)² are used; their leading axes broadcast against those of dirs (e.g. one set of
+  coefficients for all cameras). Written term by term: XLA:CPU runs the equivalent small
+  reductions and batched dots (and a broadcast copy of shared coefficients) several times slower.
   """
+  if not 0 <= degree <= MAX_SH_DEGREE:
+    raise ValueError(f"sh_to_rgb: degree={degree}, expected 0..{MAX_SH_DEGREE}")
   n_bases = (degree + 1) ** 2
   if coeffs.shape[-2] < n_bases:
     raise ValueError(f"sh_to_rgb: colors have K={coeffs.shape[-2]} coefficients, sh_degree={degree} "
                      f"needs at least {n_bases}")
   # Same normalisation as torch's F.normalize: divide by max(|d|, 1e-12).
-  norm = jnp.sqrt(jnp.sum(dirs * dirs, axis=-1, keepdims=True))
-  unit = dirs / jnp.maximum(norm, 1e-12)
-  basis = sh_basis(degree, unit)
-  rgb = jnp.einsum("...k,...kc->...c", basis, coeffs[..., :n_bases, :])
+  x, y, z = dirs[..., 0], dirs[..., 1], dirs[..., 2]
+  norm = jnp.maximum(jnp.sqrt(x * x + y * y + z * z), 1e-12)
+  basis = _basis_terms(degree, x / norm, y / norm, z / norm)
+  rgb = sum(b[..., None] * coeffs[..., k, :] for k, b in enumerate(basis))
   return jnp.maximum(rgb + 0.5, 0.0)

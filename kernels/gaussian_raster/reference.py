@@ -16,9 +16,11 @@ Design (CPU-tuned; it differs from the cumprod chunks of §4.3, which measured 1
   rounding) reaches it. A dropped pair has α < 1/255 at every pixel of the sub-tile, so it would be
   skipped there anyway: images, `last` and gradients are those of the full lists, at about half the
   pairs (random 100k-Gaussian scene: 75M → 39M).
-- Sub-lists are built lazily, a block of tile-list positions at a time, and only for sub-tiles that still
-  have a pixel going: saturated sub-tiles never pay for the rest of their lists (FlashWorld-like
+- Sub-lists are built lazily, a block of tile-list positions at a time, and only for sub-tiles that
+  still have a pixel going: saturated sub-tiles never pay for the rest of their lists (FlashWorld-like
   scenes stop after ~13 % of them on average).
+- Tiles run in groups sorted by expected work (list length forward, last blended slot backward): a
+  group runs as long as its longest sub-list, so like tiles together waste less.
 - Every sub-tile of a group advances through its sub-list in lockstep, one list position at a time,
   with the literal front-to-back recurrence of §2.6 (T·(1−α), the exclusive stop, a `done` flag).
   Each loop iteration gathers CHUNK positions and unrolls them; α of the chunk is computed in one
@@ -27,7 +29,8 @@ Design (CPU-tuned; it differs from the cumprod chunks of §4.3, which measured 1
   an O(n²) reduce-window, which is what made the chunked form slow.
 - The backward recomputes in forward order from the saved T_final, acc and `last` (§3.2): inclusion
   is `kept ∧ slot ≤ last`, never re-derived from T; it carries T and the prefix Σ wⱼ(cⱼ·g) and
-  scatter-adds each sub-list position's gradient into its tile slot.
+  scatter-adds each sub-list position's gradient into its tile slot. Its order-free per-pair terms
+  (e^-σ, c·g) are one pass over the whole chunk, also behind a barrier.
 """
 from __future__ import annotations
 
