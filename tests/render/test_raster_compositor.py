@@ -225,9 +225,10 @@ def test_subtile_culling_changes_nothing(seed, monkeypatch):
   np.testing.assert_allclose(g_feats, g_feats_full, rtol=1e-5, atol=1e-6)
 
 
-def test_list_blocks_change_nothing(monkeypatch):
+def test_list_blocks_and_groups_change_nothing(monkeypatch):
   """Sub-lists built lazily block by block (8 blocks of 32 positions, stopped sub-tiles skipping the
-  rest) give the images, `last` and gradients of one block over the whole lists."""
+  rest), tiles run in three groups of two sorted by work, give the images, `last` and gradients of
+  one block and one group over the whole lists."""
   params, feats, counts = stressed_slabs(3)
   # Tile 0 saturates at slots 40-42: three wide, nearly opaque Gaussians over its centre.
   wide = jnp.array([8.0, 8.0, 1e-4, 0.0, 1e-4, 0.99, 0.0, 0.0])
@@ -235,15 +236,16 @@ def test_list_blocks_change_nothing(monkeypatch):
   g_acc = jax.random.normal(jax.random.key(3), (N_TILES, 3, 256))
   g_t = jax.random.normal(jax.random.key(4), (N_TILES, 256))
 
-  def run(max_block):
+  def run(max_block, subtiles_per_group):
     monkeypatch.setattr(reference, "MAX_BLOCK", max_block)
+    monkeypatch.setattr(reference, "SUBTILES_PER_GROUP", subtiles_per_group)
     out = reference.forward(params, feats, counts, tiles_per_row=TILES_X, tiles_per_image=N_TILES)
     return out, reference.backward(params, feats, counts, *out, g_acc, g_t, tiles_per_row=TILES_X,
                                    tiles_per_image=N_TILES)
 
-  (acc, t_final, last), (g_params, g_feats) = run(32)
+  (acc, t_final, last), (g_params, g_feats) = run(32, 2 * reference.SUBTILES)
   assert int(jnp.max(last[0])) == 41 and int(jnp.min(last[2:])) >= 32   # stopped, and many blocks
-  (acc_one, t_one, last_one), (g_params_one, g_feats_one) = run(256)
+  (acc_one, t_one, last_one), (g_params_one, g_feats_one) = run(256, N_TILES * reference.SUBTILES)
   np.testing.assert_array_equal(acc, acc_one)
   np.testing.assert_array_equal(t_final, t_one)
   np.testing.assert_array_equal(last, last_one)
