@@ -9,9 +9,13 @@ MAX_SH_DEGREE = 3
 
 def sh_basis(degree: int, dirs: jax.Array) -> jax.Array:
   """The (degree+1)² real SH basis values at unit directions `dirs` [..., 3] → [..., (degree+1)²]."""
-  if not 0 <= degree <= MAX_SH_DEGREE:
-    raise ValueError(f"sh_basis: degree={degree}, expected 0..{MAX_SH_DEGREE}")
+  _check_degree("sh_basis", degree)
   return jnp.stack(_basis_terms(degree, dirs[..., 0], dirs[..., 1], dirs[..., 2]), axis=-1)
+
+
+def _check_degree(caller: str, degree: int) -> None:
+  if not 0 <= degree <= MAX_SH_DEGREE:
+    raise ValueError(f"{caller}: degree={degree}, expected 0..{MAX_SH_DEGREE}")
 
 
 def _basis_terms(degree: int, x: jax.Array, y: jax.Array, z: jax.Array) -> list[jax.Array]:
@@ -44,8 +48,7 @@ def sh_to_rgb(degree: int, dirs: jax.Array, coeffs: jax.Array) -> jax.Array:
   coefficients for all cameras). Written term by term: XLA:CPU runs the equivalent small
   reductions and batched dots (and a broadcast copy of shared coefficients) several times slower.
   """
-  if not 0 <= degree <= MAX_SH_DEGREE:
-    raise ValueError(f"sh_to_rgb: degree={degree}, expected 0..{MAX_SH_DEGREE}")
+  _check_degree("sh_to_rgb", degree)
   n_bases = (degree + 1) ** 2
   if coeffs.shape[-2] < n_bases:
     raise ValueError(f"sh_to_rgb: colors have K={coeffs.shape[-2]} coefficients, sh_degree={degree} "

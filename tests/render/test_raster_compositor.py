@@ -200,29 +200,36 @@ def test_reach_bounds_every_pixel_a_pair_can_blend():
     assert 0.2 < float(jnp.mean(keep)) / float(jnp.mean(inside)) <= 1.0   # the boxes are also tight
 
 
+def reference_forward_backward(params, feats, counts, seed):
+  """(acc, t_final, last), (g_params, g_feats) of the XLA reference for random cotangents."""
+  g_acc = jax.random.normal(jax.random.key(seed), (N_TILES, feats.shape[1], 256))
+  g_t = jax.random.normal(jax.random.key(seed + 1), (N_TILES, 256))
+  out = reference.forward(params, feats, counts, tiles_per_row=TILES_X, tiles_per_image=N_TILES)
+  return out, reference.backward(params, feats, counts, *out, g_acc, g_t, tiles_per_row=TILES_X,
+                                 tiles_per_image=N_TILES)
+
+
+def assert_same_compositing(ours, ref):
+  """Images, T_final and `last` bit for bit; gradients within float32 summation-order rounding."""
+  (acc, t_final, last), (g_params, g_feats) = ours
+  (acc_ref, t_ref, last_ref), (g_params_ref, g_feats_ref) = ref
+  np.testing.assert_array_equal(acc, acc_ref)
+  np.testing.assert_array_equal(t_final, t_ref)
+  np.testing.assert_array_equal(last, last_ref)
+  np.testing.assert_allclose(g_params, g_params_ref, rtol=1e-5,
+                             atol=1e-6 * float(jnp.max(jnp.abs(g_params_ref))))
+  np.testing.assert_allclose(g_feats, g_feats_ref, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_subtile_culling_changes_nothing(seed, monkeypatch):
   """Culled 8×8 sub-tile lists give the images, `last` and gradients of the whole tile lists."""
   params, feats, counts = stressed_slabs(seed)
-  g_acc = jax.random.normal(jax.random.key(seed), (N_TILES, 3, 256))
-  g_t = jax.random.normal(jax.random.key(seed + 1), (N_TILES, 256))
-
-  def run():
-    out = reference.forward(params, feats, counts, tiles_per_row=TILES_X, tiles_per_image=N_TILES)
-    grads = reference.backward(params, feats, counts, *out, g_acc, g_t, tiles_per_row=TILES_X,
-                               tiles_per_image=N_TILES)
-    return out, grads
-
-  (acc, t_final, last), (g_params, g_feats) = run()
+  culled = reference_forward_backward(params, feats, counts, seed)
   hx, _ = reference._reach(*(params[:, row] for row in range(2, 6)))
   assert float(jnp.mean(jnp.isfinite(hx) & (hx < 24))) > 0.3   # culling is active in this scene
   monkeypatch.setattr(reference, "_reach", lambda a, b, c, o: (jnp.full(a.shape, jnp.inf),) * 2)
-  (acc_full, t_full, last_full), (g_params_full, g_feats_full) = run()
-  np.testing.assert_array_equal(acc, acc_full)
-  np.testing.assert_array_equal(t_final, t_full)
-  np.testing.assert_array_equal(last, last_full)
-  np.testing.assert_allclose(g_params, g_params_full, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(g_params_full))))
-  np.testing.assert_allclose(g_feats, g_feats_full, rtol=1e-5, atol=1e-6)
+  assert_same_compositing(culled, reference_forward_backward(params, feats, counts, seed))
 
 
 def test_list_blocks_and_groups_change_nothing(monkeypatch):
@@ -233,25 +240,16 @@ def test_list_blocks_and_groups_change_nothing(monkeypatch):
   # Tile 0 saturates at slots 40-42: three wide, nearly opaque Gaussians over its centre.
   wide = jnp.array([8.0, 8.0, 1e-4, 0.0, 1e-4, 0.99, 0.0, 0.0])
   params = params.at[0, :, 40:43].set(jnp.broadcast_to(wide[:, None], (8, 3)))
-  g_acc = jax.random.normal(jax.random.key(3), (N_TILES, 3, 256))
-  g_t = jax.random.normal(jax.random.key(4), (N_TILES, 256))
 
   def run(max_block, subtiles_per_group):
     monkeypatch.setattr(reference, "MAX_BLOCK", max_block)
     monkeypatch.setattr(reference, "SUBTILES_PER_GROUP", subtiles_per_group)
-    out = reference.forward(params, feats, counts, tiles_per_row=TILES_X, tiles_per_image=N_TILES)
-    return out, reference.backward(params, feats, counts, *out, g_acc, g_t, tiles_per_row=TILES_X,
-                                   tiles_per_image=N_TILES)
+    return reference_forward_backward(params, feats, counts, 3)
 
-  (acc, t_final, last), (g_params, g_feats) = run(32, 2 * reference.SUBTILES)
+  blocked = run(32, 2 * reference.SUBTILES)
+  last = blocked[0][2]
   assert int(jnp.max(last[0])) == 41 and int(jnp.min(last[2:])) >= 32   # stopped, and many blocks
-  (acc_one, t_one, last_one), (g_params_one, g_feats_one) = run(256, N_TILES * reference.SUBTILES)
-  np.testing.assert_array_equal(acc, acc_one)
-  np.testing.assert_array_equal(t_final, t_one)
-  np.testing.assert_array_equal(last, last_one)
-  np.testing.assert_allclose(g_params, g_params_one, rtol=1e-5,
-                             atol=1e-6 * float(jnp.max(jnp.abs(g_params_one))))
-  np.testing.assert_allclose(g_feats, g_feats_one, rtol=1e-5, atol=1e-6)
+  assert_same_compositing(blocked, run(256, N_TILES * reference.SUBTILES))
 
 
 @pytest.mark.parametrize("backend", ["xla", "pallas_tpu"])
