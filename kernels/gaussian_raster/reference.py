@@ -197,7 +197,10 @@ def _forward_group(rows, ids, counts, tile_ids, *, tiles_per_row, tiles_per_imag
   size = _block_size(ids.shape[1])
 
   # `trans` carries the transmittance with its sign as the `done` flag (negative once the pixel has
-  # stopped): one state array fewer for XLA to recompute the unrolled chain for.
+  # stopped): one state array fewer for XLA to recompute the unrolled chain for. A going pixel has
+  # T > T_MIN and a stopped one T < 0, so `T·(1−α) > T_MIN` alone says "blend, or skip with α = 0"
+  # and its negation "stop here, or stopped before": the §2.6 tests at a third of the operations,
+  # which matters because XLA recomputes this chain in each of the three state updates.
   def step(block_rows, slots, start, carry):
     position, trans, last, acc = carry
     idx, chunk = _gather_chunk(block_rows, slots, position)
@@ -210,13 +213,11 @@ def _forward_group(rows, ids, counts, tile_ids, *, tiles_per_row, tiles_per_imag
     alphas = jax.lax.optimization_barrier(jnp.stack(alphas))               # [CHUNK, M, P]
     for j in range(CHUNK):
       alpha = alphas[j]
-      keep = (alpha > 0) & (trans > 0)
       t_next = trans * (1.0 - alpha)
-      stop = keep & (t_next <= T_MIN)
-      blend = keep & ~stop
-      acc = acc + jnp.where(blend, alpha * trans, 0.0)[:, None, :] * chunk[j, :, PARAM_ROWS:, None]
-      trans = jnp.where(stop, -trans, jnp.where(blend, t_next, trans))
-      last = jnp.where(blend, start + idx[j, :, None], last)
+      goes = t_next > T_MIN
+      acc = acc + jnp.where(goes, alpha * trans, 0.0)[:, None, :] * chunk[j, :, PARAM_ROWS:, None]
+      last = jnp.where(goes & (alpha > 0), start + idx[j, :, None], last)
+      trans = jnp.where(goes, t_next, -jnp.abs(trans))
     return position + 1, trans, last, acc
 
   def needed(trans):   # a sub-tile needs the rest of its list while any of its pixels goes on
