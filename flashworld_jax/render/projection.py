@@ -65,11 +65,12 @@ def project(means: jax.Array, covars: jax.Array, opacities: jax.Array, viewmat: 
   tx = z_safe * jnp.clip(x / z_safe, -lim_x_neg, lim_x_pos)
   ty = z_safe * jnp.clip(y / z_safe, -lim_y_neg, lim_y_pos)
   # Σ2d = (J·R_v) Σ (J·R_v)ᵀ: J·R_v per component (J has two zeros), then one batched product. The
-  # camera rotation as its own batched einsum cost XLA:CPU more than all the rest with many cameras.
+  # camera rotation as its own batched einsum cost XLA:CPU more than all the rest with many cameras,
+  # and [N, 1] × [3] products would make the backward reduce over a minor axis of 3 (slow there).
   jac_x = (fx / z_safe, -fx * tx / (z_safe * z_safe))            # J row 0 at columns 0 and 2
   jac_y = (fy / z_safe, -fy * ty / (z_safe * z_safe))            # J row 1 at columns 1 and 2
-  jac_rot = jnp.stack([jac_x[0][:, None] * rot_v[0] + jac_x[1][:, None] * rot_v[2],
-                       jac_y[0][:, None] * rot_v[1] + jac_y[1][:, None] * rot_v[2]], axis=1)
+  jac_rot = _matrix([[jac_x[0] * rot_v[0, k] + jac_x[1] * rot_v[2, k] for k in range(3)],
+                     [jac_y[0] * rot_v[1, k] + jac_y[1] * rot_v[2, k] for k in range(3)]])
   cov2d = jnp.einsum("nij,njk,nlk->nil", jac_rot, covars, jac_rot)
   means2d = jnp.stack([fx * x / z_safe + cx, fy * y / z_safe + cy], axis=-1)
 
