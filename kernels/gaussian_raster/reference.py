@@ -118,13 +118,30 @@ def _block_sublists(block_rows: jax.Array, needed: jax.Array, x0: jax.Array, y0:
   local = jnp.arange(size, dtype=jnp.int32)
   reach = overlaps(local_y, hy)[..., :, None] & overlaps(local_x, hx)[..., None, :]
   reach = reach.reshape(n_tiles, size, SUBTILES).transpose(0, 2, 1) & (start + local <= needed[..., None])
-  rank = jnp.cumsum(reach, axis=2, dtype=jnp.int32) - 1
+  rank = _running_count(reach) - 1
   rows = n_tiles * SUBTILES
   target = jnp.where(reach, rank + jnp.arange(rows, dtype=jnp.int32).reshape(n_tiles, SUBTILES, 1) * size,
                      rows * size)
   slots = jnp.full((rows * size,), size, jnp.int32).at[target.reshape(-1)].set(
       jnp.broadcast_to(local, reach.shape).reshape(-1), mode="drop")
   return slots.reshape(n_tiles, SUBTILES, size), rank[..., -1] + 1
+
+
+def _running_count(flags: jax.Array, piece: int = 32) -> jax.Array:
+  """Inclusive running count of True along the last axis, int32.
+
+  Within pieces of 32 as a product with a triangular matrix, then the pieces' offsets: exact (counts
+  ≤ 32 per product) and ~3× faster on XLA:CPU than `cumsum`, a reduce-window there.
+  """
+  *lead, size = flags.shape
+  padded = -(-size // piece) * piece
+  x = jnp.pad(flags, [(0, 0)] * len(lead) + [(0, padded - size)]).astype(jnp.float32)
+  x = x.reshape(*lead, padded // piece, piece)
+  within = jnp.matmul(x, jnp.triu(jnp.ones((piece, piece), jnp.float32)),
+                      precision=jax.lax.Precision.HIGHEST).astype(jnp.int32)
+  totals = within[..., -1]
+  offsets = jnp.cumsum(totals, axis=-1) - totals
+  return (within + offsets[..., None]).reshape(*lead, padded)[..., :size]
 
 
 def _block_size(kcap: int) -> int:
