@@ -296,8 +296,8 @@ def _backward_group(rows, g_rows, group, *, tiles_per_row, tiles_per_image):
     for j in range(CHUNK):
       w = alpha[j] * trans
       behind = behind + w * color_dot_g[j]
-      v_alphas.append(jnp.where(alpha[j] > 0, trans * color_dot_g[j] - (
-          acc_dot_g - behind + background_term) / (1.0 - alpha[j]), 0.0))
+      # Finite where the pair was not blended (α = 0), and then scaled by its e^-σ = 0 below.
+      v_alphas.append(trans * color_dot_g[j] - (acc_dot_g - behind + background_term) / (1.0 - alpha[j]))
       weights.append(w)
       trans = trans * (1.0 - alpha[j])
     v_alpha, w = jax.lax.optimization_barrier((jnp.stack(v_alphas), jnp.stack(weights)))

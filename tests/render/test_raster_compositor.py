@@ -184,6 +184,14 @@ def stressed_slabs(seed: int, kcap: int = 256):
   return jnp.asarray(params), jnp.asarray(feats), jnp.asarray(counts)
 
 
+@pytest.mark.parametrize("shape", [(3, 4, 1), (2, 4, 100), (5, 1024)])
+def test_running_count_matches_cumsum(shape):
+  flags = np.random.default_rng(sum(shape)).random(shape) < 0.4
+  counts = reference._running_count(jnp.asarray(flags))
+  assert counts.dtype == jnp.int32
+  np.testing.assert_array_equal(counts, np.cumsum(flags, axis=-1))
+
+
 def test_reach_bounds_every_pixel_a_pair_can_blend():
   params, _, counts = stressed_slabs(0)
   hx, hy = reference._reach(*(params[:, row] for row in range(2, 6)))

@@ -1,5 +1,7 @@
 """Projection, covariance and SH vs gsplat 1.5.3's torch implementation (float64), values and
 gradients (rasterizer.md §2.1-2.4, §3.3)."""
+import functools
+
 import numpy as np
 import pytest
 import jax
@@ -118,6 +120,28 @@ def test_sh_matches_gsplat(degree):
   np.testing.assert_allclose(g_coeffs, tc.grad.numpy(), atol=1e-5)
   ref_g_dirs = np.zeros_like(dirs) if td.grad is None else td.grad.numpy()   # degree 0: constant
   np.testing.assert_allclose(g_dirs, ref_g_dirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("coeff_lead", [(), (1,), (3,)])
+def test_sh_coefficients_broadcast_over_cameras(coeff_lead):
+  """Coefficients shared by 3 cameras (no or a size-1 camera axis) give the values and gradients of
+  coefficients copied to every camera: the written-out VJP sums over the broadcast axes."""
+  rng = np.random.default_rng(7)
+  dirs = jnp.asarray(rng.normal(size=(3, 50, 3)), jnp.float32)
+  coeffs = jnp.asarray(rng.normal(size=coeff_lead + (50, 9, 3)) * 0.5, jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(3, 50, 3)), jnp.float32)
+
+  def loss(sh_fn, d, c):
+    return jnp.sum(sh_fn(d, c) * weights)
+
+  ours = jax.value_and_grad(functools.partial(loss, functools.partial(sh.sh_to_rgb, 2)),
+                            argnums=(0, 1))(dirs, coeffs)
+  copied = jax.value_and_grad(functools.partial(
+      loss, lambda d, c: sh.sh_to_rgb(2, d, jnp.broadcast_to(c, (3, 50, 9, 3)))), argnums=(0, 1))(
+          dirs, coeffs)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(copied)):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_sh_rejects_too_few_coefficients():
