@@ -87,7 +87,8 @@ def _combine_bwd(residuals, g):
 def _sum_to_shape(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """Sums x over the axes along which an operand of `shape` was broadcast to x's shape."""
   lead = x.ndim - len(shape)
-  axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+  stretched = tuple(lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1)
+  axes = tuple(range(lead)) + stretched
   return jnp.sum(x, axis=axes).reshape(shape) if axes else x
 
 

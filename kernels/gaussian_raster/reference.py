@@ -131,7 +131,8 @@ def _running_count(flags: jax.Array, piece: int = 32) -> jax.Array:
   """Inclusive running count of True along the last axis, int32.
 
   Within pieces of 32 as a product with a triangular matrix, then the pieces' offsets: exact (counts
-  ≤ 32 per product) and ~3× faster on XLA:CPU than `cumsum`, a reduce-window there.
+  ≤ 32 per product) and faster on XLA:CPU than `cumsum`, a reduce-window there (a [128, 1024]
+  sub-list build: 2.0 → 1.4 ms).
   """
   *lead, size = flags.shape
   padded = -(-size // piece) * piece
