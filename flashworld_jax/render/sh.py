@@ -45,8 +45,7 @@ def sh_to_rgb(degree: int, dirs: jax.Array, coeffs: jax.Array) -> jax.Array:
 
   dirs [..., 3] need not be unit length; coeffs [..., K, 3] with K ≥ (degree+1)², of which only the
   first (degree+1)² are used; their leading axes broadcast against those of dirs (e.g. one set of
-  coefficients for all cameras). Written term by term: XLA:CPU runs the equivalent small
-  reductions and batched dots (and a broadcast copy of shared coefficients) several times slower.
+  coefficients for all cameras) without being copied.
   """
   _check_degree("sh_to_rgb", degree)
   n_bases = (degree + 1) ** 2

@@ -150,9 +150,8 @@ def _block_size(kcap: int) -> int:
   return min(MAX_BLOCK, -(-kcap // CHUNK) * CHUNK)
 
 
-def _block_rows(rows: jax.Array, ids: jax.Array, block: jax.Array):
-  """The ids [B, L] of tile-list block `block` and their rows [B, L + 1, R] (last one zero)."""
-  size = _block_size(ids.shape[1])
+def _block_rows(rows: jax.Array, ids: jax.Array, block: jax.Array, size: int):
+  """The ids [B, size] of tile-list block `block` and their rows [B, size + 1, R] (last one zero)."""
   block_ids = jax.lax.dynamic_slice_in_dim(ids, block * size, size, axis=1)
   return block_ids, jnp.pad(rows[block_ids], ((0, 0), (0, 1), (0, 0)))
 
@@ -244,7 +243,7 @@ def _forward_group(rows, ids, counts, tile_ids, *, tiles_per_row, tiles_per_imag
 
   def block_step(carry):
     block, state = carry
-    _, block_rows = _block_rows(rows, ids, block)
+    _, block_rows = _block_rows(rows, ids, block, size)
     slots, sizes = _block_sublists(block_rows, needed(state[0]), x0, y0, block * size)
     n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
     state = jax.lax.while_loop(lambda c: (c[0] < n_steps) & jnp.any(c[1] > 0),
@@ -322,7 +321,7 @@ def _backward_group(rows, g_rows, group, *, tiles_per_row, tiles_per_image):
 
   def block_step(block, carry):
     trans, behind, g_rows = carry
-    block_ids, block_rows = _block_rows(rows, ids, block)
+    block_ids, block_rows = _block_rows(rows, ids, block, size)
     slots, sizes = _block_sublists(block_rows, needed, x0, y0, block * size)
     n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
     g_block = jnp.zeros(block_rows.shape[:2] + g_rows.shape[1:], jnp.float32)
