@@ -179,7 +179,8 @@ def test_empty_scene_culled_scene_and_one_pixel_image():
   img, alpha, meta = rasterization(*(jnp.asarray(s[k]) for k in ARG_NAMES), jnp.asarray(viewmats),
                                    jnp.asarray(Ks), 1, 1, backgrounds=bg)
   np.testing.assert_allclose(img[:, 0, 0], bg)
-  assert int(jnp.sum(meta["radii"])) == 0
+  assert int(jnp.sum(meta["radii"])) == 0 and int(meta["n_isects"]) == 0    # binning's skip branch
+  assert int(jnp.sum(meta["tile_counts"])) == 0 and not bool(meta["overflow"])
   # One pixel, one Gaussian right in front of it: α = o·exp(0).
   one = (jnp.asarray([[0.0, 0.0, 2.0]]), jnp.asarray([[1.0, 0, 0, 0]]), jnp.full((1, 3), 0.1),
          jnp.asarray([0.5]), jnp.asarray([[1.0, 0.0, 0.0]]))
