@@ -31,13 +31,36 @@ def quat_scale_to_covar(quats: jax.Array, scales: jax.Array) -> jax.Array:
   Written per component: XLA:CPU runs batched 3×3 einsums (and their transposes in the backward)
   2-3× slower than the same arithmetic on [N] vectors.
   """
-  q = quats / jnp.linalg.norm(quats, axis=-1, keepdims=True)
-  w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+  unit = _unit_quat(quats)
+  w, x, y, z = (unit[..., i] for i in range(4))
   rot = ((1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)),
          (2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)),
          (2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)))
   m = [[rot[i][j] * scales[..., j] for j in range(3)] for i in range(3)]
   return _matrix([[sum(m[i][j] * m[k][j] for j in range(3)) for k in range(3)] for i in range(3)])
+
+
+@jax.custom_vjp
+def _unit_quat(quats: jax.Array) -> jax.Array:
+  """q / |q| over the last axis (4), its sums written per component: XLA:CPU reduces over a minor
+  axis of 4 slowly, and autodiff's backward has such a reduction (covariances and their gradient
+  at 100k, medians: 8.0 → 3.0 ms)."""
+  return _unit_quat_fwd(quats)[0]
+
+
+def _unit_quat_fwd(quats):
+  inv_norm = 1.0 / jnp.sqrt(sum(quats[..., i] * quats[..., i] for i in range(4)))[..., None]
+  unit = quats * inv_norm
+  return unit, (unit, inv_norm)
+
+
+def _unit_quat_bwd(residuals, g):
+  unit, inv_norm = residuals   # d(q/|q|) = (g − q̂ (q̂·g)) / |q|
+  along = sum(unit[..., i] * g[..., i] for i in range(4))[..., None]
+  return ((g - unit * along) * inv_norm,)
+
+
+_unit_quat.defvjp(_unit_quat_fwd, _unit_quat_bwd)
 
 
 def _matrix(rows) -> jax.Array:

@@ -82,11 +82,19 @@ def test_covariance_matches_gsplat():
   torch = pytest.importorskip("torch")
   gs = pytest.importorskip("gsplat.cuda._torch_impl")
   s = scene(200, 3)
-  ref, _ = gs._quat_scale_to_covar_preci(torch.tensor(s["quats"], dtype=torch.float64),
-                                         torch.tensor(s["scales"], dtype=torch.float64),
-                                         compute_preci=False)
-  ours = projection.quat_scale_to_covar(jnp.asarray(s["quats"]), jnp.asarray(s["scales"]))
-  np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-5, atol=1e-9)
+  rng = np.random.default_rng(7)
+  quats = (s["quats"] * rng.uniform(0.2, 5.0, (200, 1))).astype(np.float32)   # not unit length
+  weights = rng.normal(size=(200, 3, 3))
+  t_quats = torch.tensor(quats, dtype=torch.float64, requires_grad=True)
+  t_scales = torch.tensor(s["scales"], dtype=torch.float64, requires_grad=True)
+  ref, _ = gs._quat_scale_to_covar_preci(t_quats, t_scales, compute_preci=False)
+  (ref * torch.tensor(weights)).sum().backward()
+  ours = projection.quat_scale_to_covar(jnp.asarray(quats), jnp.asarray(s["scales"]))
+  np.testing.assert_allclose(ours, ref.detach().numpy(), rtol=1e-5, atol=1e-9)
+  grads = jax.grad(lambda q, sc: jnp.sum(projection.quat_scale_to_covar(q, sc) * weights),
+                   argnums=(0, 1))(jnp.asarray(quats), jnp.asarray(s["scales"]))
+  for ours_g, ref_g in zip(grads, (t_quats.grad.numpy(), t_scales.grad.numpy())):
+    assert np.linalg.norm(np.asarray(ours_g) - ref_g) / np.linalg.norm(ref_g) < 1e-5
 
 
 @pytest.mark.oracle
