@@ -208,6 +208,62 @@ def test_reach_bounds_every_pixel_a_pair_can_blend():
     assert 0.2 < float(jnp.mean(keep)) / float(jnp.mean(inside)) <= 1.0   # the boxes are also tight
 
 
+def grazing_gaussians(n: int, seed: int, origin: tuple[int, int]):
+  """Gaussians [n, 8] that reach α just above or below 1/255 at a pixel centre of the 16×16 tile at
+  `origin` (the worst case for a reach test): random conics with condition numbers up to ~7e3,
+  opacities from just over 1/255, means placed along a random direction so that σ at the pixel is
+  s·(1 ± τ), s = ln(255·o), τ from 1e-7 to 1e-2."""
+  rng = np.random.default_rng(seed)
+  angle = rng.uniform(0, np.pi, n)
+  rot = np.stack([np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)], -1).reshape(-1, 2, 2)
+  eig = np.exp(rng.uniform(np.log(0.3), np.log(2e3), (n, 2)))
+  conic = rot @ (np.eye(2) / eig[:, None, :]) @ rot.transpose(0, 2, 1)
+  opacity = np.exp(rng.uniform(np.log(1 / 255 * (1 + 1e-6)), 0, n))
+  opacity[: n // 8] = 1 / 255 * (1 + rng.uniform(1e-7, 1e-4, n // 8))
+  pixel = rng.integers(0, 16, (n, 2)) + 0.5
+  u = rng.normal(size=(n, 2))
+  u /= np.linalg.norm(u, axis=1, keepdims=True)
+  tau = np.exp(rng.uniform(np.log(1e-7), np.log(1e-2), n)) * rng.choice([-1.0, 1.0], n)
+  s = np.log(255 * opacity) * (1 + tau)
+  quad = np.einsum("ni,nij,nj->n", u, conic, u)
+  mean = pixel + u * np.sqrt(2 * s / quad)[:, None]
+  params = np.zeros((n, 8), np.float32)
+  params[:, :2], params[:, 5] = mean + np.asarray(origin), opacity
+  params[:, 2], params[:, 3], params[:, 4] = conic[:, 0, 0], conic[:, 0, 1], conic[:, 1, 1]
+  return jnp.asarray(params)
+
+
+@pytest.mark.parametrize("source", ["stressed", "grazing"])
+def test_subtile_reach_bounds_every_pixel_a_pair_can_blend(source):
+  """A (Gaussian, 8×8 sub-tile) pair that `_subtile_reach` drops has α < 1/255 at all 64 pixels of
+  the sub-tile in the kernel's own float32 arithmetic; and the ellipse test drops pairs that the
+  box test keeps."""
+  if source == "stressed":
+    params, _, _ = stressed_slabs(0)
+    gaussians = [params[t].T for t in range(N_TILES)]
+    origins = [((t % TILES_X) * 16, (t // TILES_X) * 16) for t in range(N_TILES)]
+  else:
+    # Far from the image origin too, where the kernel's dx, dy round to ~2^-10 px.
+    origins = [(0, 0), (4096, 1024), (16384, 8192)]
+    gaussians = [grazing_gaussians(4096, seed, origin) for seed, origin in enumerate(origins)]
+  n_reach = n_box = n_blends = 0
+  for p, (x0, y0) in zip(gaussians, origins):
+    reach = reference._subtile_reach(p[:, 0] - x0, p[:, 1] - y0, p[:, 2], p[:, 3], p[:, 4], p[:, 5])
+    px, py = reference._subtile_pixels(jnp.asarray([x0]), jnp.asarray([y0]))      # [4, 64]
+    *_, keep = reference._pair_alpha(p[:, None, :], px, py)                        # [K, 4, 64]
+    blends = jnp.any(keep, axis=-1)
+    assert bool(jnp.all(reach | ~blends)), int(jnp.sum(blends & ~reach))
+    hx, hy = reference._reach(p[:, 2], p[:, 3], p[:, 4], p[:, 5])
+    centre_x, centre_y = p[:, 0, None] - x0, p[:, 1, None] - y0
+    first = jnp.asarray([0.5, 8.5])
+    box_x = (centre_x + hx[:, None] >= first) & (centre_x - hx[:, None] <= first + 7)
+    box_y = (centre_y + hy[:, None] >= first) & (centre_y - hy[:, None] <= first + 7)
+    n_box += int(jnp.sum(box_y[:, :, None] & box_x[:, None, :]))
+    n_reach += int(jnp.sum(reach))
+    n_blends += int(jnp.sum(blends))
+  assert n_blends > 100 and n_reach < 0.95 * n_box
+
+
 def reference_forward_backward(params, feats, counts, seed):
   """(acc, t_final, last), (g_params, g_feats) of the XLA reference for random cotangents."""
   g_acc = jax.random.normal(jax.random.key(seed), (N_TILES, feats.shape[1], 256))
