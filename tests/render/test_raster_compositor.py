@@ -163,6 +163,15 @@ def test_composite_validates_and_dispatches():
     np.testing.assert_allclose(out[0], ref[0], atol=1e-6)
 
 
+def stressed_conics(rng: np.random.Generator, n: int) -> np.ndarray:
+  """n random 2D conics [n, 2, 2]: covariance eigenvalues from the 0.3 blur up to 2e3 (condition
+  numbers to ~7e3), at random angles."""
+  angle = rng.uniform(0, np.pi, n)
+  rot = np.stack([np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)], -1).reshape(-1, 2, 2)
+  eig = np.exp(rng.uniform(np.log(0.3), np.log(2e3), (n, 2)))
+  return rot @ (np.eye(2) / eig[:, None, :]) @ rot.transpose(0, 2, 1)
+
+
 def stressed_slabs(seed: int, kcap: int = 256):
   """Lists that stress the sub-tile culling: covariance eigenvalues from the 0.3 blur up to 2e3
   (condition numbers to ~7e3), opacities down to just under 1/255, means up to 40 px outside."""
@@ -172,10 +181,7 @@ def stressed_slabs(seed: int, kcap: int = 256):
   counts[1] = 37
   for t in range(N_TILES):
     x0, y0 = (t % TILES_X) * 16, (t // TILES_X) * 16
-    angle = rng.uniform(0, np.pi, kcap)
-    rot = np.stack([np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)], -1).reshape(-1, 2, 2)
-    eig = np.exp(rng.uniform(np.log(0.3), np.log(2e3), (kcap, 2)))
-    conic = rot @ (np.eye(2) / eig[:, None, :]) @ rot.transpose(0, 2, 1)
+    conic = stressed_conics(rng, kcap)
     params[t, 0] = x0 + rng.uniform(-40, 56, kcap)
     params[t, 1] = y0 + rng.uniform(-40, 56, kcap)
     params[t, 2], params[t, 3], params[t, 4] = conic[:, 0, 0], conic[:, 0, 1], conic[:, 1, 1]
@@ -210,14 +216,11 @@ def test_reach_bounds_every_pixel_a_pair_can_blend():
 
 def grazing_gaussians(n: int, seed: int, origin: tuple[int, int]):
   """Gaussians [n, 8] that reach α just above or below 1/255 at a pixel centre of the 16×16 tile at
-  `origin` (the worst case for a reach test): random conics with condition numbers up to ~7e3,
-  opacities from just over 1/255, means placed along a random direction so that σ at the pixel is
-  s·(1 ± τ), s = ln(255·o), τ from 1e-7 to 1e-2."""
+  `origin` (the worst case for a reach test): `stressed_conics`, opacities from just over 1/255,
+  means placed along a random direction so that σ at the pixel is s·(1 ± τ), s = ln(255·o), τ from
+  1e-7 to 1e-2."""
   rng = np.random.default_rng(seed)
-  angle = rng.uniform(0, np.pi, n)
-  rot = np.stack([np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)], -1).reshape(-1, 2, 2)
-  eig = np.exp(rng.uniform(np.log(0.3), np.log(2e3), (n, 2)))
-  conic = rot @ (np.eye(2) / eig[:, None, :]) @ rot.transpose(0, 2, 1)
+  conic = stressed_conics(rng, n)
   opacity = np.exp(rng.uniform(np.log(1 / 255 * (1 + 1e-6)), 0, n))
   opacity[: n // 8] = 1 / 255 * (1 + rng.uniform(1e-7, 1e-4, n // 8))
   pixel = rng.integers(0, 16, (n, 2)) + 0.5
