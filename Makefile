@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMPS := $(VENV)/.stamps
 EXAMPLE ?= ../shared/examples/paved-plaza.json
 OUTPUT_DIR ?= outputs
-# The example asks for 24 views at 480×704 (4 M Gaussians per scene): ~half an hour on a 2-core CPU.
+# The example asks for 24 views at 480×704 (4 M Gaussians per scene): about an hour on a 2-core CPU
+# (28 minutes with --video_fps=1).
 # The CPU demo overrides it to 12 views at 224×320; `make demo DEMO_FLAGS=` runs it as written.
 DEMO_FLAGS ?= --num_views=12 --resolution=224,320 --video_fps=4
 
