@@ -36,6 +36,7 @@ Design (CPU-tuned; it differs from the cumprod chunks of §4.3, which measured 1
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,9 @@ SUBTILES_PER_GROUP = 128  # sub-tiles in lockstep: larger amortises loop overhea
 # longest sub-list of a block, so long blocks waste less (1024 vs 256: 16 % fewer pair evaluations at
 # 100k), while lists that saturate early want short ones.
 MAX_BLOCK = 1024
+# Positions per block after the last full MAX_BLOCK block of a capacity: a list's tail past it is often
+# short, and a whole MAX_BLOCK of padding would cost its build for nothing.
+TAIL_BLOCK = 256
 ALPHA_THRESHOLD = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
@@ -187,14 +191,35 @@ def _running_count(flags: jax.Array, piece: int = 32) -> jax.Array:
   return (within + offsets[..., None]).reshape(*lead, padded)[..., :size]
 
 
-def _block_size(kcap: int) -> int:
-  """Positions per block for lists of capacity kcap: one block for short lists, else MAX_BLOCK."""
-  return min(MAX_BLOCK, -(-kcap // CHUNK) * CHUNK)
+class _Blocks(NamedTuple):
+  """Blocks of tile-list positions: `count` blocks of `size` from position `first`."""
+  first: int
+  size: int
+  count: int
 
 
-def _block_rows(rows: jax.Array, ids: jax.Array, block: jax.Array, size: int):
-  """The ids [B, size] of tile-list block `block` and their rows [B, size + 1, R] (last one zero)."""
-  block_ids = jax.lax.dynamic_slice_in_dim(ids, block * size, size, axis=1)
+def _block_plan(kcap: int) -> tuple[_Blocks, ...]:
+  """Blocks covering lists of capacity kcap: one block for short lists, else full MAX_BLOCK blocks and
+  TAIL_BLOCK blocks for the rest. Their sizes are multiples of CHUNK."""
+  round_up = lambda n, m: -(-n // m) * m
+  if kcap <= MAX_BLOCK:
+    return (_Blocks(0, round_up(kcap, CHUNK), 1),)
+  full = kcap // MAX_BLOCK
+  plan = (_Blocks(0, MAX_BLOCK, full),)
+  rest = kcap - full * MAX_BLOCK
+  tail = min(TAIL_BLOCK, round_up(rest, CHUNK))
+  return plan + ((_Blocks(full * MAX_BLOCK, tail, -(-rest // tail)),) if rest else ())
+
+
+def _padded_capacity(kcap: int) -> int:
+  last = _block_plan(kcap)[-1]
+  return last.first + last.size * last.count
+
+
+def _block_rows(rows: jax.Array, ids: jax.Array, start: jax.Array, size: int):
+  """The ids [B, size] of the tile-list block at `start` and their rows [B, size + 1, R] (last one
+  zero)."""
+  block_ids = jax.lax.dynamic_slice_in_dim(ids, start, size, axis=1)
   return block_ids, jnp.pad(rows[block_ids], ((0, 0), (0, 1), (0, 0)))
 
 
@@ -253,7 +278,6 @@ def _forward_group(rows, ids, counts, tile_ids, *, tiles_per_row, tiles_per_imag
   x0, y0 = _tile_origin(tile_ids, tiles_per_row, tiles_per_image)
   px, py = _subtile_pixels(x0, y0)
   n_sub = px.shape[0]
-  size = _block_size(ids.shape[1])
 
   # `trans` carries the transmittance with its sign as the `done` flag (negative once the pixel has
   # stopped): one state array fewer for XLA to recompute the unrolled chain for. A going pixel has
@@ -283,24 +307,30 @@ def _forward_group(rows, ids, counts, tile_ids, *, tiles_per_row, tiles_per_imag
     going = jnp.any(trans > 0, axis=1).reshape(-1, SUBTILES)
     return jnp.where(going, counts[:, None] - 1, -1)
 
-  def block_step(carry):
-    block, state = carry
-    _, block_rows = _block_rows(rows, ids, block, size)
-    slots, sizes = _block_sublists(block_rows, needed(state[0]), x0, y0, block * size)
-    n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
-    state = jax.lax.while_loop(lambda c: (c[0] < n_steps) & jnp.any(c[1] > 0),
-                               functools.partial(step, block_rows, slots, block * size),
-                               (jnp.int32(0), *state))
-    return block + 1, state[1:]
+  def run_blocks(blocks, state):
+    def block_step(carry):
+      block, state = carry
+      start = blocks.first + block * blocks.size
+      _, block_rows = _block_rows(rows, ids, start, blocks.size)
+      slots, sizes = _block_sublists(block_rows, needed(state[0]), x0, y0, start)
+      n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
+      state = jax.lax.while_loop(lambda c: (c[0] < n_steps) & jnp.any(c[1] > 0),
+                                 functools.partial(step, block_rows, slots, start),
+                                 (jnp.int32(0), *state))
+      return block + 1, state[1:]
 
-  def not_finished(carry):
-    block, state = carry
-    return jnp.any(needed(state[0]) >= block * size)
+    def not_finished(carry):
+      block, state = carry
+      return (block < blocks.count) & jnp.any(needed(state[0]) >= blocks.first + block * blocks.size)
+
+    return jax.lax.while_loop(not_finished, block_step, (jnp.int32(0), state))[1]
 
   pixels = (n_sub, SUBTILE_PIXELS)
   state = (jnp.ones(pixels, jnp.float32), jnp.full(pixels, -1, jnp.int32),
            jnp.zeros((n_sub, n_feats, SUBTILE_PIXELS), jnp.float32))
-  _, (trans, last, acc) = jax.lax.while_loop(not_finished, block_step, (jnp.int32(0), state))
+  for blocks in _block_plan(ids.shape[1]):
+    state = run_blocks(blocks, state)
+  trans, last, acc = state
   return _to_tiles(acc), _to_tiles(jnp.abs(trans)), _to_tiles(last)
 
 
@@ -316,8 +346,6 @@ def _backward_group(rows, g_rows, group, *, tiles_per_row, tiles_per_image):
   acc, g_acc = _to_subtiles(acc), _to_subtiles(g_acc)
   t_final, last, g_t = _to_subtiles(t_final), _to_subtiles(last), _to_subtiles(g_t)
   needed = jnp.max(last, axis=1).reshape(-1, SUBTILES)      # the last blended slot per sub-tile
-  size = _block_size(ids.shape[1])
-  n_blocks = (jnp.max(needed, initial=-1) + size) // size
   acc_dot_g = jnp.sum(acc * g_acc, axis=1)                 # [M, P]
   background_term = g_t * t_final                          # [M, P]
   tile_of = jnp.repeat(jnp.arange(n_tiles), SUBTILES)[None, :]
@@ -361,19 +389,28 @@ def _backward_group(rows, g_rows, group, *, tiles_per_row, tiles_per_image):
     # Padding positions point at the block's zero row, which collects (zero) gradients harmlessly.
     return trans, behind, g_block.at[tile_of, idx].add(grads)
 
-  def block_step(block, carry):
-    trans, behind, g_rows = carry
-    block_ids, block_rows = _block_rows(rows, ids, block, size)
-    slots, sizes = _block_sublists(block_rows, needed, x0, y0, block * size)
-    n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
-    g_block = jnp.zeros(block_rows.shape[:2] + g_rows.shape[1:], jnp.float32)
-    trans, behind, g_block = jax.lax.fori_loop(
-        0, n_steps, functools.partial(step, block_rows, slots, block * size), (trans, behind, g_block))
-    return trans, behind, g_rows.at[block_ids].add(g_block[:, :size])
+  def run_blocks(blocks, carry):
+    def block_step(block, carry):
+      trans, behind, g_rows = carry
+      start = blocks.first + block * blocks.size
+      block_ids, block_rows = _block_rows(rows, ids, start, blocks.size)
+      slots, sizes = _block_sublists(block_rows, needed, x0, y0, start)
+      n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
+      g_block = jnp.zeros(block_rows.shape[:2] + g_rows.shape[1:], jnp.float32)
+      trans, behind, g_block = jax.lax.fori_loop(
+          0, n_steps, functools.partial(step, block_rows, slots, start), (trans, behind, g_block))
+      return trans, behind, g_rows.at[block_ids].add(g_block[:, :blocks.size])
+
+    # The blocks up to the group's last blended slot.
+    n_blocks = jnp.clip((jnp.max(needed, initial=-1) - blocks.first + blocks.size) // blocks.size,
+                        0, blocks.count)
+    return jax.lax.fori_loop(0, n_blocks, block_step, carry)
 
   pixels = (n_sub, SUBTILE_PIXELS)
   carry = (jnp.ones(pixels, jnp.float32), jnp.zeros(pixels, jnp.float32), g_rows)
-  return jax.lax.fori_loop(0, n_blocks, block_step, carry)[2]
+  for blocks in _block_plan(ids.shape[1]):
+    carry = run_blocks(blocks, carry)
+  return carry[2]
 
 
 def _group_layout(n_tiles: int) -> tuple[int, int]:
@@ -390,12 +427,11 @@ def _grouped(x: jax.Array, n_groups: int, group: int) -> jax.Array:
 def _grouped_lists(rows, ids, counts, per_tile, work):
   """Groups of tiles in decreasing order of `work` [n_tiles] (a group runs as long as its longest
   sub-list: like tiles together waste less): (ids padded to Kpad with the zero row, counts,
-  *per_tile, tile ids), each [n_groups, group, ...]. Kpad is a multiple of the block size."""
+  *per_tile, tile ids), each [n_groups, group, ...]. Kpad covers the blocks of `_block_plan`."""
   n_tiles, kcap = ids.shape
   zero_row = rows.shape[0] - 1
   ids = jnp.where(ids < 0, zero_row, ids)
-  size = _block_size(kcap)
-  ids = jnp.pad(ids, ((0, 0), (0, -(-kcap // size) * size - kcap)), constant_values=zero_row)
+  ids = jnp.pad(ids, ((0, 0), (0, _padded_capacity(kcap) - kcap)), constant_values=zero_row)
   n_groups, group = _group_layout(n_tiles)
   order = jnp.argsort(-work, stable=True).astype(jnp.int32)
   return tuple(_grouped(x, n_groups, group) for x in (*(y[order] for y in (ids, counts, *per_tile)),

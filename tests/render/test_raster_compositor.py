@@ -300,23 +300,30 @@ def test_subtile_culling_changes_nothing(seed, monkeypatch):
 
 
 def test_list_blocks_and_groups_change_nothing(monkeypatch):
-  """Sub-lists built lazily block by block (8 blocks of 32 positions, stopped sub-tiles skipping the
-  rest), tiles run in three groups of two sorted by work, give the images, `last` and gradients of
-  one block and one group over the whole lists."""
+  """Sub-lists built lazily block by block (6 blocks of 40 positions and 2 tail blocks of 8, stopped
+  sub-tiles skipping the rest), tiles run in three groups of two sorted by work, give the images,
+  `last` and gradients of one block and one group over the whole lists."""
   params, feats, counts = stressed_slabs(3)
   # Tile 0 saturates at slots 40-42: three wide, nearly opaque Gaussians over its centre.
   wide = jnp.array([8.0, 8.0, 1e-4, 0.0, 1e-4, 0.99, 0.0, 0.0])
   params = params.at[0, :, 40:43].set(jnp.broadcast_to(wide[:, None], (8, 3)))
 
-  def run(max_block, subtiles_per_group):
+  def run(max_block, tail_block, subtiles_per_group):
     monkeypatch.setattr(reference, "MAX_BLOCK", max_block)
+    monkeypatch.setattr(reference, "TAIL_BLOCK", tail_block)
     monkeypatch.setattr(reference, "SUBTILES_PER_GROUP", subtiles_per_group)
     return reference_forward_backward(params, feats, counts, 3)
 
-  blocked = run(32, 2 * reference.SUBTILES)
+  assert reference._block_plan(256) == ((0, 256, 1),)
+  with monkeypatch.context() as patch:
+    patch.setattr(reference, "MAX_BLOCK", 40)
+    patch.setattr(reference, "TAIL_BLOCK", 8)
+    assert reference._block_plan(256) == ((0, 40, 6), (240, 8, 2))
+  blocked = run(40, 8, 2 * reference.SUBTILES)
   last = blocked[0][2]
-  assert int(jnp.max(last[0])) == 41 and int(jnp.min(last[2:])) >= 32   # stopped, and many blocks
-  assert_same_compositing(blocked, run(256, N_TILES * reference.SUBTILES))
+  assert int(jnp.max(last[0])) == 41 and int(jnp.min(last[2:])) >= 40   # stopped, and many blocks
+  assert int(jnp.max(last[2:])) >= 248                                    # into the last tail block
+  assert_same_compositing(blocked, run(256, 256, N_TILES * reference.SUBTILES))
 
 
 @pytest.mark.parametrize("backend", ["xla", "pallas_tpu"])
