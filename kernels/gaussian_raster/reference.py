@@ -52,8 +52,8 @@ SUBTILES_PER_GROUP = 128  # sub-tiles in lockstep: larger amortises loop overhea
 # longest sub-list of a block, so long blocks waste less (1024 vs 256: 16 % fewer pair evaluations at
 # 100k), while lists that saturate early want short ones.
 MAX_BLOCK = 1024
-# Positions per block after the last full MAX_BLOCK block of a capacity: a list's tail past it is often
-# short, and a whole MAX_BLOCK of padding would cost its build for nothing.
+# Positions per block past a group's last full MAX_BLOCK block: its longest list often ends soon after,
+# and the rest of a whole MAX_BLOCK would be padding, built for nothing.
 TAIL_BLOCK = 256
 ALPHA_THRESHOLD = 1.0 / 255.0
 ALPHA_MAX = 0.999
@@ -192,28 +192,43 @@ def _running_count(flags: jax.Array, piece: int = 32) -> jax.Array:
 
 
 class _Blocks(NamedTuple):
-  """Blocks of tile-list positions: `count` blocks of `size` from position `first`."""
-  first: int
+  """Blocks of tile-list positions: `count` blocks of `size` (static) from position `first`."""
+  first: jax.Array
   size: int
-  count: int
+  count: jax.Array
 
 
-def _block_plan(kcap: int) -> tuple[_Blocks, ...]:
-  """Blocks covering lists of capacity kcap: one block for short lists, else full MAX_BLOCK blocks and
-  TAIL_BLOCK blocks for the rest. Their sizes are multiples of CHUNK."""
-  round_up = lambda n, m: -(-n // m) * m
-  if kcap <= MAX_BLOCK:
-    return (_Blocks(0, round_up(kcap, CHUNK), 1),)
-  full = kcap // MAX_BLOCK
-  plan = (_Blocks(0, MAX_BLOCK, full),)
-  rest = kcap - full * MAX_BLOCK
-  tail = min(TAIL_BLOCK, round_up(rest, CHUNK))
-  return plan + ((_Blocks(full * MAX_BLOCK, tail, -(-rest // tail)),) if rest else ())
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _block_sizes(kcap: int) -> tuple[int, int]:
+  """Static (full, tail) block sizes for lists of capacity kcap: multiples of CHUNK, full ones a
+  multiple of tail ones (so that `_padded_capacity` holds every block)."""
+  if kcap <= MAX_BLOCK:   # one block holds a whole list
+    full = _round_up(kcap, CHUNK)
+    return full, full
+  if MAX_BLOCK % TAIL_BLOCK or TAIL_BLOCK % CHUNK:
+    raise ValueError(f"reference: MAX_BLOCK={MAX_BLOCK}, TAIL_BLOCK={TAIL_BLOCK}, CHUNK={CHUNK}: "
+                     "expected MAX_BLOCK a multiple of TAIL_BLOCK, a multiple of CHUNK")
+  return MAX_BLOCK, TAIL_BLOCK
+
+
+def _block_plan(kcap: int, extent: jax.Array) -> tuple[_Blocks, _Blocks]:
+  """Blocks covering list positions [0, extent) of lists of capacity kcap: a full block, more while
+  they fit, then tail blocks (fewer, longer blocks suit the loops; tail blocks save building
+  sub-lists over padding)."""
+  full, tail = _block_sizes(kcap)
+  n_full = jnp.where(extent > 0, jnp.maximum(extent // full, 1), 0)
+  first_tail = n_full * full
+  n_tail = (jnp.maximum(extent - first_tail, 0) + tail - 1) // tail
+  return _Blocks(0, full, n_full), _Blocks(first_tail, tail, n_tail)
 
 
 def _padded_capacity(kcap: int) -> int:
-  last = _block_plan(kcap)[-1]
-  return last.first + last.size * last.count
+  """List length that every block of `_block_plan` fits in."""
+  full, tail = _block_sizes(kcap)
+  return max(full, _round_up(kcap, tail))
 
 
 def _block_rows(rows: jax.Array, ids: jax.Array, start: jax.Array, size: int):
@@ -328,7 +343,7 @@ def _forward_group(rows, ids, counts, tile_ids, *, tiles_per_row, tiles_per_imag
   pixels = (n_sub, SUBTILE_PIXELS)
   state = (jnp.ones(pixels, jnp.float32), jnp.full(pixels, -1, jnp.int32),
            jnp.zeros((n_sub, n_feats, SUBTILE_PIXELS), jnp.float32))
-  for blocks in _block_plan(ids.shape[1]):
+  for blocks in _block_plan(ids.shape[1], jnp.max(counts, initial=0)):
     state = run_blocks(blocks, state)
   trans, last, acc = state
   return _to_tiles(acc), _to_tiles(jnp.abs(trans)), _to_tiles(last)
@@ -401,14 +416,12 @@ def _backward_group(rows, g_rows, group, *, tiles_per_row, tiles_per_image):
           0, n_steps, functools.partial(step, block_rows, slots, start), (trans, behind, g_block))
       return trans, behind, g_rows.at[block_ids].add(g_block[:, :blocks.size])
 
-    # The blocks up to the group's last blended slot.
-    n_blocks = jnp.clip((jnp.max(needed, initial=-1) - blocks.first + blocks.size) // blocks.size,
-                        0, blocks.count)
-    return jax.lax.fori_loop(0, n_blocks, block_step, carry)
+    return jax.lax.fori_loop(0, blocks.count, block_step, carry)
 
   pixels = (n_sub, SUBTILE_PIXELS)
   carry = (jnp.ones(pixels, jnp.float32), jnp.zeros(pixels, jnp.float32), g_rows)
-  for blocks in _block_plan(ids.shape[1]):
+  # The blocks up to the group's last blended slot.
+  for blocks in _block_plan(ids.shape[1], jnp.max(needed, initial=-1) + 1):
     carry = run_blocks(blocks, carry)
   return carry[2]
 
