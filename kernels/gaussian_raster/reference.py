@@ -232,10 +232,10 @@ def _padded_capacity(kcap: int) -> int:
 
 
 def _block_rows(rows: jax.Array, ids: jax.Array, start: jax.Array, size: int):
-  """The ids [B, size] of the tile-list block at `start` and their rows [B, size + 1, R] (last one
-  zero)."""
+  """The ids [B, size] of the tile-list block at `start` and their rows [B, size + 1, R], the last one
+  from the zero row that ends `rows`."""
   block_ids = jax.lax.dynamic_slice_in_dim(ids, start, size, axis=1)
-  return block_ids, jnp.pad(rows[block_ids], ((0, 0), (0, 1), (0, 0)))
+  return block_ids, rows[jnp.pad(block_ids, ((0, 0), (0, 1)), constant_values=rows.shape[0] - 1)]
 
 
 def _subtile_pixels(x0: jax.Array, y0: jax.Array):
