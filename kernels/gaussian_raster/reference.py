@@ -19,7 +19,8 @@ Design (CPU-tuned; it differs from the cumprod chunks of §4.3, which measured 1
   (random 100k-Gaussian scene: 75M → 29M; the box test alone keeps 39M).
 - Sub-lists are built lazily, a block of tile-list positions at a time, and only for sub-tiles that
   still have a pixel going: saturated sub-tiles never pay for the rest of their lists (FlashWorld-like
-  scenes stop after ~13 % of them on average).
+  scenes stop after ~13 % of them on average). Blocks follow each group's longest list, not the
+  capacity: long blocks while they fit, then short tail blocks, so that none is mostly padding.
 - Tiles run in groups sorted by expected work (list length forward, last blended slot backward): a
   group runs as long as its longest sub-list, so like tiles together waste less.
 - Every sub-tile of a group advances through its sub-list in lockstep, one list position at a time,
@@ -193,7 +194,7 @@ def _running_count(flags: jax.Array, piece: int = 32) -> jax.Array:
 
 class _Blocks(NamedTuple):
   """Blocks of tile-list positions: `count` blocks of `size` (static) from position `first`."""
-  first: jax.Array
+  first: jax.Array | int
   size: int
   count: jax.Array
 
