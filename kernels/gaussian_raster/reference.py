@@ -182,7 +182,7 @@ def _running_count(flags: jax.Array, piece: int = 32) -> jax.Array:
   sub-list build: 2.0 → 1.4 ms).
   """
   *lead, size = flags.shape
-  padded = -(-size // piece) * piece
+  padded = _round_up(size, piece)
   x = jnp.pad(flags, [(0, 0)] * len(lead) + [(0, padded - size)]).astype(jnp.float32)
   x = x.reshape(*lead, padded // piece, piece)
   within = jnp.matmul(x, jnp.triu(jnp.ones((piece, piece), jnp.float32)),
@@ -228,8 +228,7 @@ def _block_plan(kcap: int, extent: jax.Array) -> tuple[_Blocks, _Blocks]:
 
 def _padded_capacity(kcap: int) -> int:
   """List length that every block of `_block_plan` fits in."""
-  full, tail = _block_sizes(kcap)
-  return max(full, _round_up(kcap, tail))
+  return _round_up(kcap, _block_sizes(kcap)[1])
 
 
 def _block_rows(rows: jax.Array, ids: jax.Array, start: jax.Array, size: int):
