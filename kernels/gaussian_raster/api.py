@@ -115,9 +115,9 @@ def _composite_lists_xla(rows, ids, counts, tiles_per_row, tiles_per_image):
 
 
 def _composite_lists_xla_fwd(rows, ids, counts, tiles_per_row, tiles_per_image):
-  acc, t_final, last = reference.forward_lists(rows, ids, counts, tiles_per_row=tiles_per_row,
-                                               tiles_per_image=tiles_per_image)
-  return (acc, t_final), (rows, ids, counts, acc, t_final, last)
+  acc, t_final, last, entries, n_entries = reference.forward_lists_with_entries(
+      rows, ids, counts, tiles_per_row=tiles_per_row, tiles_per_image=tiles_per_image)
+  return (acc, t_final), (rows, ids, acc, t_final, last, entries, n_entries)
 
 
 def _composite_lists_xla_bwd(tiles_per_row, tiles_per_image, residuals, cotangents):

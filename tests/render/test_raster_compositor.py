@@ -47,13 +47,13 @@ def torch_tile(params, feats, count, tile, torch):
   return acc.reshape(256, -1).T, t_final.reshape(256)
 
 
-def oracle_last(params, count, tile):
-  """Sequential float64 loop of §2.6 (the literal rule) for the index of the last blended pair."""
+def oracle_blends(params, count, tile):
+  """Sequential float64 loop of §2.6 (the literal rule): which pixels blend each pair, [count, 256]."""
   local = tile % N_TILES
   x0, y0 = (local % TILES_X) * 16, (local // TILES_X) * 16
   p = np.arange(256)
   px, py = x0 + p % 16 + 0.5, y0 + p // 16 + 0.5
-  trans, last = np.ones(256), np.full(256, -1)
+  trans, blends = np.ones(256), np.zeros((count, 256), bool)
   done = np.zeros(256, bool)
   for i in range(count):
     mx, my, a, b, c, o = params[:6, i].astype(np.float64)
@@ -63,10 +63,15 @@ def oracle_last(params, count, tile):
     kept = (sigma >= 0) & (alpha >= 1 / 255) & ~done
     stop = kept & (trans * (1 - alpha) <= 1e-4)
     done |= stop
-    blend = kept & ~stop
-    trans = np.where(blend, trans * (1 - alpha), trans)
-    last = np.where(blend, i, last)
-  return last
+    blends[i] = kept & ~stop
+    trans = np.where(blends[i], trans * (1 - alpha), trans)
+  return blends
+
+
+def oracle_last(params, count, tile):
+  """The index of the last blended pair per pixel (−1: none)."""
+  blends = oracle_blends(params, count, tile)
+  return np.where(blends.any(0), count - 1 - np.argmax(blends[::-1], axis=0), -1)
 
 
 @pytest.mark.oracle
@@ -113,6 +118,29 @@ def test_forward_and_gradients_match_torch(seed):
     assert rel_l2(g_p[:, row], ref_gp[:, row]) < 1e-5, row
   assert rel_l2(g_f, tf.grad.numpy()) < 1e-5
   np.testing.assert_array_equal(np.asarray(g_p[:, 6:]), 0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_recorded_entries_are_the_blended_positions(seed):
+  """Per 8×8 sub-tile, the recording forward lists, in order, exactly the list positions that at
+  least one of its pixels blended (§2.6 literal rule, float64): all the backward visits."""
+  params, feats, counts = random_slabs(seed)
+  rows, ids = reference._slab_lists(jnp.asarray(params), jnp.asarray(feats))
+  *_, entries, n_entries = reference.forward_lists_with_entries(
+      rows, ids, jnp.asarray(counts), tiles_per_row=TILES_X, tiles_per_image=N_TILES)
+  kpad = entries.shape[-1]
+  assert kpad >= params.shape[2]
+  dropped = 0
+  for t in range(N_TILES):
+    blends = oracle_blends(params[t], counts[t], t).reshape(-1, 2, 8, 2, 8)   # [i, sy, qy, sx, qx]
+    by_subtile = blends.transpose(0, 1, 3, 2, 4).reshape(-1, 4, 64).any(-1)   # [i, sy·2 + sx]
+    for sub in range(4):
+      want = np.nonzero(by_subtile[:, sub])[0]
+      assert int(n_entries[t, sub]) == len(want), (t, sub)
+      np.testing.assert_array_equal(entries[t, sub, :len(want)], want)
+      np.testing.assert_array_equal(entries[t, sub, len(want):], kpad)
+      dropped += int(want[-1]) + 1 - len(want) if len(want) else 0
+  assert dropped > 100   # positions up to the last blended one that no pixel blended
 
 
 def flat_tile(opacities):
@@ -252,7 +280,7 @@ def test_subtile_reach_bounds_every_pixel_a_pair_can_blend(source):
   n_reach = n_box = n_blends = 0
   for p, (x0, y0) in zip(gaussians, origins):
     reach = reference._subtile_reach(p[:, 0] - x0, p[:, 1] - y0, p[:, 2], p[:, 3], p[:, 4], p[:, 5])
-    px, py = reference._subtile_pixels(jnp.asarray([x0]), jnp.asarray([y0]))      # [4, 64]
+    px, py = reference._subtile_pixels(jnp.full(4, x0), jnp.full(4, y0), jnp.arange(4))  # [4, 64]
     *_, keep = reference._pair_alpha(p[:, None, :], px, py)                        # [K, 4, 64]
     blends = jnp.any(keep, axis=-1)
     assert bool(jnp.all(reach | ~blends)), int(jnp.sum(blends & ~reach))
