@@ -4,9 +4,10 @@ compositor, torch autograd), forward and forward+backward, each side in its own 
   python -m bench.rasterizer               # 10k and 100k at 256² RGB+D, FlashWorld-like 8×128×192
   python -m bench.rasterizer --case=1m     # 1M Gaussians at 512², ours only (peak memory < 8 GB)
 
-Prints one JSON object: per case and side, best / median seconds of fwd and fwd+bwd (after a warm-up
-for ours; first-call time, mostly compilation, separate; the FlashWorld-like oracle, at ~1 min per
-pass, runs once, every other side `--repeats` times), peak RSS (GB; ours after each phase), the
+Prints one JSON object: per case and side, best / median seconds of fwd and fwd+bwd after one
+untimed warm-up call per phase on both sides (its time reported apart: compilation for ours,
+allocator growth for the oracle, whose whole-graph backward measured ~2× slower cold; the
+FlashWorld-like oracle, at ~1 min per pass, is then timed once, every other side `--repeats` times), peak RSS (GB; ours after each phase), the
 torch/ours speed-ups of the medians, and |Δ| statistics between the two images.
 
 The oracle's backward runs two ways. `fwd_bwd_whole_graph` is §5.3 as written: the per-tile forward
@@ -91,13 +92,18 @@ def _peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _time(fn, repeats: int) -> dict:
+def _time(fn, repeats: int, warm_up: bool = False) -> dict:
+  out = {}
+  if warm_up:
+    start = time.perf_counter()
+    fn()
+    out["first_call_s"] = time.perf_counter() - start
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return {"best_s": min(times), "median_s": statistics.median(times)}
+  return {"best_s": min(times), "median_s": statistics.median(times), **out}
 
 
 def run_ours(case: dict, repeats: int) -> dict:
@@ -220,18 +226,18 @@ def run_torch(case: dict, repeats: int, whole_graph: bool) -> dict:
   out = {}
   for threads in (1, 2):
     torch.set_num_threads(threads)
-    image = fwd()
+    image = fwd()   # also the forward's warm-up
     out[f"fwd_{threads}_threads"] = _time(fwd, repeats)
     slower = threads == 2 and out["fwd_2_threads"]["median_s"] > out["fwd_1_threads"]["median_s"]
     if not slower:   # skip the long backward where 2 threads already lost on the forward
-      out[f"fwd_bwd_{threads}_threads"] = _time(fwd_bwd, repeats)
+      out[f"fwd_bwd_{threads}_threads"] = _time(fwd_bwd, repeats, warm_up=True)
   for phase in ("fwd", "fwd_bwd"):
     out[phase] = min((out[k] for k in (f"{phase}_1_threads", f"{phase}_2_threads") if k in out),
                      key=lambda r: r["median_s"])
   out["peak_rss_gb"] = _peak_rss_gb()
   if whole_graph:   # at the thread count that won the per-tile backward
     torch.set_num_threads(1 if out["fwd_bwd"] is out.get("fwd_bwd_1_threads") else 2)
-    out["fwd_bwd_whole_graph"] = _time(fwd_bwd_whole_graph, repeats)
+    out["fwd_bwd_whole_graph"] = _time(fwd_bwd_whole_graph, repeats, warm_up=True)
     out["peak_rss_whole_graph_gb"] = _peak_rss_gb()
   out["grads_finite"] = bool(all(torch.isfinite(g.grad).all() for g in fwd_bwd().values()))
   return out, image.numpy()
