@@ -330,18 +330,19 @@ def test_subtile_culling_changes_nothing(seed, monkeypatch):
 def test_list_blocks_and_groups_change_nothing(monkeypatch):
   """Sub-lists built lazily block by block (blocks of 40 positions while they fit in the group's
   longest list, then tail blocks of 8 up to its end, stopped sub-tiles skipping the rest), tiles run
-  in three groups of two sorted by work, give the images, `last` and gradients of one block and one
-  group over the whole lists."""
+  in three groups of two sorted by work, and backward lanes in three groups of 10 (6 of them
+  padding), give the images, `last` and gradients of one block and one group over the whole lists."""
   params, feats, counts = stressed_slabs(3)
   counts = counts.at[3].set(100)   # grouped with tile 1 (37): 2 blocks of 40, then 3 tail blocks
   # Tile 0 saturates at slots 40-42: three wide, nearly opaque Gaussians over its centre.
   wide = jnp.array([8.0, 8.0, 1e-4, 0.0, 1e-4, 0.99, 0.0, 0.0])
   params = params.at[0, :, 40:43].set(jnp.broadcast_to(wide[:, None], (8, 3)))
 
-  def run(max_block, tail_block, subtiles_per_group):
+  def run(max_block, tail_block, subtiles_per_group, backward_lanes):
     monkeypatch.setattr(reference, "MAX_BLOCK", max_block)
     monkeypatch.setattr(reference, "TAIL_BLOCK", tail_block)
     monkeypatch.setattr(reference, "SUBTILES_PER_GROUP", subtiles_per_group)
+    monkeypatch.setattr(reference, "BACKWARD_LANES", backward_lanes)
     return reference_forward_backward(params, feats, counts, 3)
 
   def plan(extent):
@@ -353,11 +354,12 @@ def test_list_blocks_and_groups_change_nothing(monkeypatch):
     patch.setattr(reference, "TAIL_BLOCK", 8)
     assert plan(256) == [(0, 40, 6), (240, 8, 2)] and plan(17) == [(0, 40, 1), (40, 8, 0)]
     assert reference._padded_capacity(256) == 256 and reference._padded_capacity(250) == 256
-  blocked = run(40, 8, 2 * reference.SUBTILES)
+  blocked = run(40, 8, 2 * reference.SUBTILES, 10)
   last = blocked[0][2]
   assert int(jnp.max(last[0])) == 41 and int(jnp.min(last[2:])) >= 40   # stopped, and many blocks
   assert int(jnp.max(last[2:])) >= 248                                    # into the last tail block
-  assert_same_compositing(blocked, run(256, 256, N_TILES * reference.SUBTILES))
+  one_group = N_TILES * reference.SUBTILES
+  assert_same_compositing(blocked, run(256, 256, one_group, one_group))
 
 
 @pytest.mark.parametrize("backend", ["xla", "pallas_tpu"])
