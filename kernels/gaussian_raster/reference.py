@@ -520,17 +520,19 @@ def backward_lists(rows: jax.Array, ids: jax.Array, acc: jax.Array, t_final: jax
   # lane each; padding lanes have no entries and zero cotangents.
   group = max(1, min(BACKWARD_LANES, n_sub))
   n_groups = -(-n_sub // group)
-  lanes = jnp.pad(jnp.argsort(-n_entries, stable=True).astype(jnp.int32), (0, n_groups * group - n_sub),
-                  constant_values=n_sub).reshape(n_groups, group)
+  order = jnp.argsort(-n_entries, stable=True).astype(jnp.int32)
+  lanes = jnp.pad(order, (0, n_groups * group - n_sub), constant_values=n_sub).reshape(n_groups, group)
 
-  def lanes_of(x, fill=0):   # per-tile [n_tiles, (D,) 256] or per-sub-tile x → [n_groups, group, …]
-    if x.shape[0] == n_tiles:
-      x = _to_subtiles(x) if x.ndim == 3 else _to_subtiles(x[:, None])[:, 0]
+  def subtiles(x):   # per tile [n_tiles, (D,) 256] → per sub-tile [n_sub, (D,) P]
+    return _to_subtiles(x) if x.ndim == 3 else _to_subtiles(x[:, None])[:, 0]
+
+  def lanes_of(x, fill=0):   # per sub-tile [n_sub, …] → [n_groups, group, …]
     return jnp.take(x, lanes, axis=0, mode="fill", fill_value=fill)
 
   groups = (jnp.minimum(lanes // SUBTILES, n_tiles - 1), lanes % SUBTILES,
-            lanes_of(entries.reshape(n_sub, kpad), kpad), lanes_of(n_entries), lanes_of(acc),
-            lanes_of(t_final), lanes_of(last, -1), lanes_of(g_acc), lanes_of(g_t))
+            lanes_of(entries.reshape(n_sub, kpad), kpad), lanes_of(n_entries),
+            lanes_of(subtiles(acc)), lanes_of(subtiles(t_final)), lanes_of(subtiles(last), -1),
+            lanes_of(subtiles(g_acc)), lanes_of(subtiles(g_t)))
   fn = functools.partial(_backward_group, rows, ids, tiles_per_row=tiles_per_row,
                          tiles_per_image=tiles_per_image)
   g_rows = jnp.zeros((rows.shape[0], rows.shape[1] - PARAM_ROWS + GRAD_ROWS), jnp.float32)
