@@ -7,8 +7,9 @@ compositor, torch autograd), forward and forward+backward, each side in its own 
 Prints one JSON object: per case and side, best / median seconds of fwd and fwd+bwd after one
 untimed warm-up call per phase on both sides (its time reported apart: compilation for ours,
 allocator growth for the oracle, whose whole-graph backward measured ~2× slower cold; the
-FlashWorld-like oracle, at ~1 min per pass, is then timed once, every other side `--repeats` times), peak RSS (GB; ours after each phase), the
-torch/ours speed-ups of the medians, and |Δ| statistics between the two images.
+FlashWorld-like oracle, at ~1 min per pass, is then timed once, every other side `--repeats`
+times), peak RSS (GB; ours after each phase), the torch/ours speed-ups of the medians, and |Δ|
+statistics between the two images.
 
 The oracle's backward runs two ways. `fwd_bwd_whole_graph` is §5.3 as written: the per-tile forward
 builds one autograd graph and one `backward()` runs through it (what rasterizer.md §7 measured: 40 s

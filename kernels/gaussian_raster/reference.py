@@ -241,11 +241,11 @@ def _padded_capacity(kcap: int) -> int:
   return _round_up(kcap, _block_sizes(kcap)[1])
 
 
-def _block_rows(rows: jax.Array, ids: jax.Array, start: jax.Array, size: int):
-  """The ids [B, size] of the tile-list block at `start` and their rows [B, size + 1, R], the last one
-  from the zero row that ends `rows`."""
+def _block_rows(rows: jax.Array, ids: jax.Array, start: jax.Array, size: int) -> jax.Array:
+  """The rows [B, size + 1, R] of the tile-list block at `start`, the last one from the zero row that
+  ends `rows`."""
   block_ids = jax.lax.dynamic_slice_in_dim(ids, start, size, axis=1)
-  return block_ids, rows[jnp.pad(block_ids, ((0, 0), (0, 1)), constant_values=rows.shape[0] - 1)]
+  return rows[jnp.pad(block_ids, ((0, 0), (0, 1)), constant_values=rows.shape[0] - 1)]
 
 
 def _subtile_pixels(x0: jax.Array, y0: jax.Array, quadrant: jax.Array):
@@ -361,7 +361,7 @@ def _forward_group(rows, ids, counts, tile_ids, *, tiles_per_row, tiles_per_imag
     def block_step(carry):
       block, state = carry
       start = blocks.first + block * blocks.size
-      _, block_rows = _block_rows(rows, ids, start, blocks.size)
+      block_rows = _block_rows(rows, ids, start, blocks.size)
       slots, sizes = _block_sublists(block_rows, needed(state[0]), x0, y0, start)
       n_steps = (jnp.max(sizes, initial=0) + CHUNK - 1) // CHUNK
       state = jax.lax.while_loop(lambda c: (c[0] < n_steps) & jnp.any(c[1] > 0),
@@ -458,18 +458,21 @@ def _grouped(x: jax.Array, n_groups: int, group: int) -> jax.Array:
   return x.reshape((n_groups, group) + x.shape[1:])
 
 
-def _grouped_lists(rows, ids, counts, per_tile, work):
-  """Groups of tiles in decreasing order of `work` [n_tiles] (a group runs as long as its longest
-  sub-list: like tiles together waste less): (ids padded to Kpad with the zero row, counts,
-  *per_tile, tile ids), each [n_groups, group, ...]. Kpad covers the blocks of `_block_plan`."""
-  n_tiles, kcap = ids.shape
-  zero_row = rows.shape[0] - 1
+def _zero_padded(ids: jax.Array, zero_row: int, width: int) -> jax.Array:
+  """Tile lists [n_tiles, width] with padding (−1 or past Kcap) pointing at the zero row."""
   ids = jnp.where(ids < 0, zero_row, ids)
-  ids = jnp.pad(ids, ((0, 0), (0, _padded_capacity(kcap) - kcap)), constant_values=zero_row)
+  return jnp.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=zero_row)
+
+
+def _grouped_lists(rows, ids, counts):
+  """Groups of tiles in decreasing order of list length (a group runs as long as its longest
+  sub-list: like tiles together waste less): (ids padded to Kpad with the zero row, counts, tile
+  ids), each [n_groups, group, ...]. Kpad covers the blocks of `_block_plan`."""
+  n_tiles, kcap = ids.shape
+  ids = _zero_padded(ids, rows.shape[0] - 1, _padded_capacity(kcap))
   n_groups, group = _group_layout(n_tiles)
-  order = jnp.argsort(-work, stable=True).astype(jnp.int32)
-  return tuple(_grouped(x, n_groups, group) for x in (*(y[order] for y in (ids, counts, *per_tile)),
-                                                        order))
+  order = jnp.argsort(-counts, stable=True).astype(jnp.int32)
+  return tuple(_grouped(x, n_groups, group) for x in (ids[order], counts[order], order))
 
 
 def _forward_lists(rows, ids, counts, *, tiles_per_row, tiles_per_image, record):
@@ -478,7 +481,7 @@ def _forward_lists(rows, ids, counts, *, tiles_per_row, tiles_per_image, record)
     raise ValueError(f"reference: tile lists of {kcap} slots, expected fewer than 2^{31 - CHUNK}")
   fn = functools.partial(_forward_group, rows, tiles_per_row=tiles_per_row,
                          tiles_per_image=tiles_per_image, record=record)
-  groups = _grouped_lists(rows, ids, counts, (), work=counts)
+  groups = _grouped_lists(rows, ids, counts)
   out = jax.lax.map(lambda x: fn(*x), groups)
   unsort = jnp.argsort(groups[-1].reshape(-1)[:n_tiles])
   return jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:])[unsort], out)
@@ -512,9 +515,7 @@ def backward_lists(rows: jax.Array, ids: jax.Array, acc: jax.Array, t_final: jax
   outputs of `forward_lists_with_entries`: only the blended entries are visited."""
   n_tiles = ids.shape[0]
   n_sub, kpad = n_tiles * SUBTILES, entries.shape[-1]
-  zero_row = rows.shape[0] - 1
-  ids = jnp.where(ids < 0, zero_row, ids)
-  ids = jnp.pad(ids, ((0, 0), (0, kpad + 1 - ids.shape[1])), constant_values=zero_row)
+  ids = _zero_padded(ids, rows.shape[0] - 1, kpad + 1)   # entries' padding Kpad: the zero row
   n_entries = n_entries.reshape(n_sub)
   # Sub-tiles run in groups of like work (a group runs as long as its longest entry list), one
   # lane each; padding lanes have no entries and zero cotangents.
