@@ -18,7 +18,6 @@ def _dit(variant):
   c.rope_theta = 10000.0
   c.rope_max_seq_len = 1024       # positions per axis (views, rows, columns)
   c.eps = 1e-6
-  c.timestep_mode = "scalar"      # "scalar": one t per sample; "per_token": Wan2.2-TI2V style
   # FlashWorld channel extensions (spec §3); switch all off for the plain Wan2.2 transformer.
   c.raymap_channels = 6
   c.condition_latent = True
@@ -28,6 +27,9 @@ def _dit(variant):
   c.feature_head = True           # the 1024-channel feature output
   c.dtype = "bfloat16"            # matmul / activation dtype; norms and modulation run in fp32
   c.param_dtype = "float32"
+  # fp32 matmuls: "default" (TF32 on recent GPUs, bf16 passes on TPU) | "high" | "highest" (full
+  # fp32, what parity with torch needs).
+  c.matmul_precision = "default"
   c.attention = "auto"            # "auto" | "xla" | "cudnn" | "splash"
   c.scan_layers = True
   c.remat_policy = "none"         # "none" | "full" | "save_attention" | "save_dots"
@@ -88,6 +90,7 @@ def _text(variant):
   c.dtype = "bfloat16"
   # The encoder is frozen: bf16 weights (11.4 GB at 5b instead of 23 GB) with fp32 norm statistics.
   c.param_dtype = "bfloat16" if variant == "5b" else "float32"
+  c.matmul_precision = "default"  # as dit.matmul_precision
   # "byte" (toy configs without a vocabulary) or a local tokenizer directory / file; the real
   # encoder needs the Wan2.2 tokenizer, which is the user's to supply (`--tokenizer`).
   c.tokenizer = "" if variant == "5b" else "byte"

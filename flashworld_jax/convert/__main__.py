@@ -14,7 +14,8 @@ Sources (any subset; each fills the components named):
                      --init_gaussian_decoder_from_vae also the gaussian_decoder (training from scratch)
   --text_encoder     a Hugging Face UMT5EncoderModel (directory, index JSON or file) → text_encoder
 Every source tensor must be used or explicitly ignored, and every model parameter must be produced:
-mismatches stop the conversion with the offending names and shapes.
+mismatches stop the conversion with the offending names and shapes. A config.json beside the
+--wan_transformer, --wan_vae or --text_encoder weights must agree with --config field by field.
 """
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
 """Converts released-format sources (any subset) into one Orbax checkpoint of our components."""
 from __future__ import annotations
 
-import json
-import os
-
 from absl import logging
 import jax
 
@@ -12,12 +9,12 @@ from flashworld_jax.convert import sources
 
 
 def _vae_config(path: str) -> dict:
-  config_path = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
-  if not os.path.isfile(config_path):
+  config = sources.source_config(path)
+  if config is None:
     raise sources.ConversionError(
-        f"--wan_vae={path}: expected the diffusers VAE config (latents_mean/std) at {config_path}")
-  with open(config_path) as f:
-    return json.load(f)
+        f"--wan_vae={path}: expected the diffusers VAE config (latents_mean/std) in config.json "
+        "next to the weights")
+  return config
 
 
 def convert(cfg, output: str, *, flashworld_ckpt=None, wan_transformer=None, wan_vae=None,
@@ -45,7 +42,8 @@ def convert(cfg, output: str, *, flashworld_ckpt=None, wan_transformer=None, wan
           cfg, source.subset("recon_decoder"))
     if wan_transformer:
       logging.info("DiT from %s", wan_transformer)
-      states["dit"] = dit_convert.convert_dit(cfg.dit, sources.read_safetensors(wan_transformer))
+      states["dit"] = dit_convert.convert_dit(cfg.dit, sources.read_safetensors(wan_transformer),
+                                              sources.source_config(wan_transformer))
     if wan_vae:
       logging.info("VAE from %s", wan_vae)
       vae_source = sources.read_safetensors(wan_vae)
@@ -55,7 +53,7 @@ def convert(cfg, output: str, *, flashworld_ckpt=None, wan_transformer=None, wan
     if text_encoder:
       logging.info("Text encoder from %s", text_encoder)
       states["text_encoder"] = umt5_convert.convert_umt5(
-          cfg.text, sources.read_safetensors(text_encoder))
+          cfg.text, sources.read_safetensors(text_encoder), sources.source_config(text_encoder))
   if not states:
     raise sources.ConversionError(
         "nothing to convert: give at least one of --flashworld_ckpt, --wan_transformer, --wan_vae, "

@@ -8,6 +8,8 @@ channel axis, with zero bias.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import ml_collections
 import numpy as np
@@ -16,7 +18,7 @@ from flax import nnx
 from flashworld_jax import sharding
 from flashworld_jax.convert import mapping
 from flashworld_jax.convert.mapping import Rule
-from flashworld_jax.convert.sources import ConversionError, TensorSource
+from flashworld_jax.convert.sources import ConversionError, TensorSource, check_config
 from flashworld_jax.models import dit as dit_model
 
 _PATCH_POSITIONS = 4                  # (1, 2, 2) patches
@@ -141,16 +143,47 @@ def _channels(source: TensorSource) -> tuple[int, int]:
   return source.shape("patch_embedding.weight")[1], rows // _PATCH_POSITIONS
 
 
-def convert_dit(cfg_dit: ml_collections.ConfigDict, source: TensorSource) -> nnx.State:
+# diffusers fields named differently from ours, and those our architecture fixes (no cfg field).
+_OUR_NAMES = {"num_attention_heads": "cfg.dit.num_heads", "attention_head_dim": "cfg.dit.head_dim",
+              **{field: f"WanDiT.{field}"
+                 for field in ("cross_attn_norm", "qk_norm", "image_dim", "added_kv_proj_dim")}}
+
+
+def check_wan_config(cfg_dit: ml_collections.ConfigDict, wan_config: Mapping,
+                     channels: tuple[int, int], what: str) -> None:
+  """Refuses a diffusers transformer config.json that disagrees with `cfg_dit`, every field named.
+
+  Shapes alone miss some of these (a head split with the same product, eps, the RoPE length).
+  `channels` (in, out) is the tensors' layout: a plain Wan2.2 one (`latent_channels` both ways,
+  extended on import) is held to `latent_channels`, any other to the configured FlashWorld layout.
+  """
+  ours = wan_diffusers_config(cfg_dit)
+  names = {field: _OUR_NAMES.get(field, f"cfg.dit.{field}") for field in ours}
+  if channels == (cfg_dit.latent_channels,) * 2:
+    ours["in_channels"] = ours["out_channels"] = cfg_dit.latent_channels
+    names["in_channels"] = names["out_channels"] = "cfg.dit.latent_channels"
+  else:
+    names["in_channels"] = "dit_input_channels(cfg.dit)"
+    names["out_channels"] = "dit_output_channels(cfg.dit)"
+  check_config(wan_config, {field: (names[field], value) for field, value in ours.items()}, what)
+
+
+def convert_dit(cfg_dit: ml_collections.ConfigDict, source: TensorSource,
+                source_config: Mapping | None = None) -> nnx.State:
   """Builds the DiT state from `source` under the current mesh (single device if none is set).
 
   Accepts the FlashWorld layout (channels as configured) or a plain Wan2.2 transformer (48 / 48),
   which is extended when the config enables the FlashWorld channels. Any other channel count, and any
   missing, unexpected or mis-shaped tensor, raises ConversionError naming keys and shapes.
+  `source_config` is the diffusers config.json beside the weights, when there is one (the released
+  `model.ckpt` has none): any field that disagrees with `cfg_dit` is refused.
   """
   in_channels = dit_model.dit_input_channels(cfg_dit)
   out_channels = dit_model.dit_output_channels(cfg_dit)
   src_in, src_out = _channels(source)
+  if source_config is not None:
+    check_wan_config(cfg_dit, source_config, (src_in, src_out),
+                     f"config.json of {source.description}")
   plain = cfg_dit.latent_channels
   if (src_in, src_out) == (plain, plain) and (in_channels, out_channels) != (plain, plain):
     source = _extend_plain_wan(source, in_channels, out_channels)

@@ -48,6 +48,42 @@ class TensorSource(Mapping):
                         f"{self.description}[{prefix}]")
 
 
+def source_config(path: str) -> dict | None:
+  """The `config.json` next to the weights at `path` (a directory, index JSON or file), or None."""
+  config_path = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
+  if not os.path.isfile(config_path):
+    return None
+  try:
+    with open(config_path) as f:
+      config = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConversionError(f"{config_path}: not readable as JSON ({e})") from e
+  if not isinstance(config, dict):
+    raise ConversionError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+  return config
+
+
+def check_config(source_config: Mapping, expected: Mapping[str, tuple[str, object]],
+                 what: str) -> None:
+  """Refuses a source config that disagrees with ours, naming every disagreeing field at once.
+
+  `expected` maps a source field to (our field, our value). Fields the source leaves out or sets to
+  null are not compared: the source library then uses its default, which its tensors still show.
+  """
+  wrong = []
+  for field, (ours, value) in expected.items():
+    theirs = source_config.get(field)
+    if theirs is not None and _plain(theirs) != _plain(value):
+      wrong.append(f"{field}={theirs!r} (ours: {ours}={value!r})")
+  if wrong:
+    raise ConversionError(f"{what} disagrees with our config: " + ", ".join(wrong))
+
+
+def _plain(value):
+  """JSON lists and our tuples compare equal."""
+  return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def from_arrays(arrays: Mapping[str, np.ndarray], description: str = "arrays") -> TensorSource:
   return TensorSource({k: np.shape(v) for k, v in arrays.items()}, lambda k: arrays[k], description)
 

@@ -20,7 +20,7 @@ from flax import nnx
 
 from flashworld_jax.convert import mapping
 from flashworld_jax.convert.mapping import Rule
-from flashworld_jax.convert.sources import ConversionError, TensorSource
+from flashworld_jax.convert.sources import ConversionError, TensorSource, check_config
 from flashworld_jax.models import vae_layers as L
 from flashworld_jax.models.gaussian_decoder import GaussianDecoder
 from flashworld_jax.models.vae import WanVAE, WanVAEDecoder, WanVAEEncoder
@@ -125,25 +125,19 @@ def _latent_stats(vae_config: Mapping, z_dim: int) -> dict[str, np.ndarray]:
   return stats
 
 
-def _check_vae_config(cfg: ml_collections.ConfigDict, vae_config: Mapping) -> None:
-  expected = {"base_dim": cfg.vae.base_dim, "decoder_base_dim": cfg.vae.decoder_base_dim,
-              "z_dim": cfg.vae.z_dim, "num_res_blocks": cfg.vae.num_res_blocks,
-              "patch_size": cfg.vae.patch_size, "dim_mult": list(cfg.vae.dim_mult),
-              "is_residual": cfg.vae.is_residual,
-              "temperal_downsample": list(cfg.vae.temporal_downsample)}
-  wrong = {k: (vae_config[k], v) for k, v in expected.items()
-           if k in vae_config and vae_config[k] is not None
-           and (list(vae_config[k]) if isinstance(v, list) else vae_config[k]) != v}
-  if wrong:
-    raise ConversionError("vae_config does not match cfg.vae: " + ", ".join(
-        f"{k}={got!r} (cfg has {want!r})" for k, (got, want) in wrong.items()))
+def _check_vae_config(cfg: ml_collections.ConfigDict, vae_config: Mapping, what: str) -> None:
+  same = ("base_dim", "decoder_base_dim", "z_dim", "num_res_blocks", "patch_size", "dim_mult",
+          "is_residual")
+  fields = {name: name for name in same} | {"temperal_downsample": "temporal_downsample"}
+  check_config(vae_config, {theirs: (f"cfg.vae.{ours}", cfg.vae[ours])
+                            for theirs, ours in fields.items()}, what)
 
 
 def convert_vae(cfg: ml_collections.ConfigDict, source: TensorSource, vae_config: Mapping,
                 *, with_decoder: bool = True) -> nnx.State:
   """diffusers `AutoencoderKLWan` weights + its config dict → `WanVAE` state (sharded when called
   under a mesh). `with_decoder=False` imports only encoder, quant_conv and the latent statistics."""
-  _check_vae_config(cfg, vae_config)
+  _check_vae_config(cfg, vae_config, f"config.json of {source.description}")
   model, abstract = _abstract(
       lambda: WanVAE(cfg.vae, rngs=nnx.Rngs(0), with_decoder=with_decoder))
   stats = _latent_stats(vae_config, cfg.vae.z_dim)

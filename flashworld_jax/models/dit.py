@@ -16,6 +16,7 @@ from flax import nnx
 
 from flashworld_jax import sharding
 from flashworld_jax.models import dit_layers as layers
+from flashworld_jax.models import precision
 from kernels.attention import IMPLEMENTATIONS
 
 _F32 = jnp.float32
@@ -111,7 +112,8 @@ def dims_from_config(cfg: ml_collections.ConfigDict) -> layers.DiTDims:
       width=cfg.num_heads * cfg.head_dim, num_heads=cfg.num_heads, head_dim=cfg.head_dim,
       ffn_dim=cfg.ffn_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, eps=cfg.eps,
       rope_theta=cfg.rope_theta, rope_max_seq_len=cfg.rope_max_seq_len,
-      dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), attention=cfg.attention)
+      dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), attention=cfg.attention,
+      matmul_precision=precision.check(cfg.matmul_precision, "dit.matmul_precision"))
 
 
 class ConditionEmbedder(nnx.Module):

@@ -1,8 +1,8 @@
 """Building blocks of the Wan2.2 DiT: norms, RoPE, timestep sinusoid, attention, FFN, block.
 
-Precision: norms, RoPE and AdaLN modulation in fp32; matmuls in `dtype` (bf16 by default); the
-residual stream is kept in `dtype` and every residual update is done in fp32, then cast (as the
-reference does).
+Precision: norms, RoPE and AdaLN modulation in fp32; matmuls in `dtype` (bf16 by default) at
+`matmul_precision`; the residual stream is kept in `dtype` and every residual update is done in
+fp32, then cast (as the reference does).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from flashworld_jax import sharding
+from flashworld_jax.models import precision
 from kernels import attention
 
 _F32 = jnp.float32
@@ -37,6 +38,7 @@ class DiTDims:
   dtype: jnp.dtype
   param_dtype: jnp.dtype
   attention: str
+  matmul_precision: str
 
 
 def dense(in_features: int, out_features: int, names: tuple[str, str], dims: DiTDims, *,
@@ -45,6 +47,7 @@ def dense(in_features: int, out_features: int, names: tuple[str, str], dims: DiT
   return nnx.Linear(
       in_features, out_features, dtype=dims.dtype if dtype is None else dtype,
       param_dtype=dims.param_dtype, preferred_element_type=preferred_element_type,
+      precision=precision.lax_precision(dims.matmul_precision),
       kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), names),
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), names[1:]), rngs=rngs)
 
@@ -139,6 +142,7 @@ class Attention(nnx.Module):
     inner = dims.num_heads * dims.head_dim
     self.num_heads, self.head_dim = dims.num_heads, dims.head_dim
     self.implementation = implementation
+    self.matmul_precision = dims.matmul_precision
     self.to_q = dense(dims.width, inner, ("embed", "heads"), dims, rngs=rngs)
     self.to_k = dense(dims.width, inner, ("embed", "heads"), dims, rngs=rngs)
     self.to_v = dense(dims.width, inner, ("embed", "heads"), dims, rngs=rngs)
@@ -160,8 +164,9 @@ class Attention(nnx.Module):
     v = self._heads(self.to_v(source), kv_length)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    out = attention.dot_product_attention(q.astype(dtype), k.astype(dtype), v,
-                                          implementation=self.implementation)
+    with precision.attention_scope(self.matmul_precision):
+      out = attention.dot_product_attention(q.astype(dtype), k.astype(dtype), v,
+                                            implementation=self.implementation)
     out = checkpoint_name(out.reshape(*out.shape[:2], -1), "attention")
     return self.to_out(out)
 

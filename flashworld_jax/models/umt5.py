@@ -2,7 +2,8 @@
 
 T5 v1.1 blocks with a learned relative-position bias in every layer (the UMT5 change), no score
 scaling, gated-GELU feed-forward and pre-norm T5 RMS norms with fp32 statistics. The residual
-stream stays in fp32; matmuls run in `cfg.dtype` (bf16 by default, fp32 for parity).
+stream stays in fp32; matmuls run in `cfg.dtype` (bf16 by default, fp32 for parity) at
+`cfg.matmul_precision` ("highest" for parity).
 Layers are stacked on a leading `layers` axis (created with `nnx.vmap`, run with `nnx.scan`).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from flashworld_jax import sharding
+from flashworld_jax.models import precision
 
 
 def relative_position_buckets(query_length: int, key_length: int, num_buckets: int,
@@ -54,10 +56,10 @@ class T5RMSNorm(nnx.Module):
 
 def _linear(in_features: int, out_features: int, names: tuple[str, str], stddev: float,
             cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Linear:
-  dtype = jnp.dtype(cfg.dtype)
   return nnx.Linear(
-      in_features, out_features, use_bias=False, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),
-      precision=jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None,
+      in_features, out_features, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+      param_dtype=jnp.dtype(cfg.param_dtype),
+      precision=precision.lax_precision(cfg.matmul_precision),
       kernel_init=nnx.with_partitioning(nnx.initializers.normal(stddev), names), rngs=rngs)
 
 
@@ -66,6 +68,7 @@ class SelfAttention(nnx.Module):
 
   def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
     self.num_heads, self.head_dim = cfg.num_heads, cfg.d_kv
+    self.matmul_precision = cfg.matmul_precision
     inner = cfg.num_heads * cfg.d_kv
     self.q = _linear(cfg.d_model, inner, ("embed", "heads"), (cfg.d_model * cfg.d_kv) ** -0.5, cfg, rngs)
     self.k = _linear(cfg.d_model, inner, ("embed", "heads"), cfg.d_model ** -0.5, cfg, rngs)
@@ -89,8 +92,9 @@ class SelfAttention(nnx.Module):
     bias = jnp.take(self.relative_attention_bias[...].astype(jnp.float32), buckets, axis=0)
     bias = jnp.transpose(bias, (2, 0, 1))[None]                    # [1, H, L, L]
     # T5 folds the 1/sqrt(d) scale into its initialisation: scores are not scaled.
-    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=key_mask, scale=1.0,
-                                       implementation="xla")
+    with precision.attention_scope(self.matmul_precision):
+      out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=key_mask, scale=1.0,
+                                         implementation="xla")
     return self.o(out.reshape(batch, length, self.num_heads * self.head_dim))
 
 
@@ -131,6 +135,7 @@ class UMT5Encoder(nnx.Module):
   """Token ids [B, L] + attention mask [B, L] → fp32 hidden states [B, L, d_model]."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
+    precision.check(cfg.matmul_precision, "text.matmul_precision")
     self.num_buckets = cfg.relative_attention_num_buckets
     self.max_distance = cfg.relative_attention_max_distance
     param_dtype = jnp.dtype(cfg.param_dtype)

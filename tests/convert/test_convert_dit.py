@@ -9,7 +9,7 @@ from flax import nnx
 from configs.flashworld import get_config
 from flashworld_jax import sharding
 from flashworld_jax.convert import dit as dit_convert
-from flashworld_jax.convert import mapping, sources
+from flashworld_jax.convert import components, mapping, sources
 from flashworld_jax.models import dit
 
 _EXTENSIONS = ("use_raymap", "condition_latent", "feedback_feature", "feedback_latent",
@@ -133,3 +133,94 @@ def test_errors_name_the_offending_keys_and_shapes(mesh1):
   no_proj = {k: v for k, v in arrays.items() if not k.startswith("proj_out")}
   with pytest.raises(sources.ConversionError, match="no 'proj_out.weight'"):
     _convert(cfg, no_proj, mesh1)
+
+
+@pytest.fixture(scope="module")
+def wan_folder(tmp_path_factory):
+  """A random plain tiny diffusers transformer saved with save_pretrained (config.json included)."""
+  torch = pytest.importorskip("torch")
+  diffusers = pytest.importorskip("diffusers")
+  torch.manual_seed(0)
+  model = diffusers.WanTransformer3DModel(**dit_convert.wan_diffusers_config(_cfg(extended=False)))
+  path = tmp_path_factory.mktemp("wan") / "transformer"
+  model.save_pretrained(path)
+  return path
+
+
+def _convert_folder(cfg, path, mesh, source_config="read"):
+  if source_config == "read":
+    source_config = sources.source_config(str(path))
+  with jax.set_mesh(mesh), sharding.rules():
+    return dit_convert.convert_dit(cfg, sources.read_safetensors(str(path)), source_config)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("extended", [False, True])
+def test_matching_config_json_converts(wan_folder, extended, mesh1):
+  """A plain Wan2.2 config (48 in / 48 out) matches both the plain and the extended cfg."""
+  config = sources.source_config(str(wan_folder))
+  assert (config["in_channels"], config["num_attention_heads"], config["eps"]) == (48, 2, 1e-6)
+  flat = _flat(_convert_folder(_cfg(extended), wan_folder, mesh1))
+  expected = sources.read_safetensors(str(wan_folder))["blocks.1.attn1.to_q.weight"].T
+  np.testing.assert_array_equal(flat["blocks/attn1/to_q/kernel"][1], expected)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("overrides, named", [
+    # Same width (48): every tensor has the right shape, only config.json can tell.
+    (dict(num_heads=4, head_dim=12), ["num_attention_heads=2 (ours: cfg.dit.num_heads=4)",
+                                      "attention_head_dim=24 (ours: cfg.dit.head_dim=12)"]),
+    (dict(eps=1e-5), ["eps=1e-06 (ours: cfg.dit.eps=1e-05)"]),
+    (dict(rope_max_seq_len=128, eps=1e-5, freq_dim=64),
+     ["freq_dim=32 (ours: cfg.dit.freq_dim=64)", "eps=1e-06 (ours: cfg.dit.eps=1e-05)",
+      "rope_max_seq_len=64 (ours: cfg.dit.rope_max_seq_len=128)"]),
+])
+def test_config_json_disagreements_are_refused_by_name(wan_folder, overrides, named, mesh1):
+  cfg = _cfg(extended=False)
+  cfg.update(overrides)
+  with pytest.raises(sources.ConversionError, match="config.json of .*transformer disagrees") as e:
+    _convert_folder(cfg, wan_folder, mesh1)
+  for field in named:
+    assert field in str(e.value)
+  assert str(e.value).count("(ours: ") == len(named)
+
+
+@pytest.mark.oracle
+def test_config_json_channels_and_fixed_fields_are_checked(wan_folder, mesh1):
+  config = sources.source_config(str(wan_folder))
+  wrong = {**config, "in_channels": 100, "qk_norm": "rms_norm"}
+  with pytest.raises(sources.ConversionError) as e:
+    _convert_folder(_cfg(extended=True), wan_folder, mesh1, wrong)
+  assert "in_channels=100 (ours: cfg.dit.latent_channels=48)" in str(e.value)
+  assert "qk_norm='rms_norm' (ours: WanDiT.qk_norm='rms_norm_across_heads')" in str(e.value)
+  flashworld = {**config, "in_channels": 182, "out_channels": 80}   # a FlashWorld-layout config
+  with pytest.raises(sources.ConversionError,
+                     match=r"in_channels=182 \(ours: cfg\.dit\.latent_channels=48\), "
+                           r"out_channels=80 \(ours: cfg\.dit\.latent_channels=48\)"):
+    _convert_folder(_cfg(extended=True), wan_folder, mesh1, flashworld)
+
+
+@pytest.mark.oracle
+def test_folder_without_config_json_is_checked_by_shapes_only(wan_folder, tmp_path, mesh1):
+  """As the released model.ckpt: shapes are checked, a same-width head split is not visible."""
+  bare = tmp_path / "bare"
+  bare.mkdir()
+  for f in wan_folder.glob("*.safetensors"):
+    (bare / f.name).write_bytes(f.read_bytes())
+  assert sources.source_config(str(bare)) is None
+  cfg = _cfg(extended=False)
+  cfg.num_heads, cfg.head_dim = 4, 12
+  _convert_folder(cfg, bare, mesh1)
+  cfg.ffn_dim = 32
+  with pytest.raises(sources.ConversionError, match="shape mismatch"):
+    _convert_folder(cfg, bare, mesh1)
+
+
+@pytest.mark.oracle
+def test_convert_command_refuses_a_disagreeing_config_json_before_writing(wan_folder, tmp_path):
+  full = get_config("tiny")
+  full.dit = _cfg(extended=False)
+  full.dit.eps = 1e-5
+  with pytest.raises(sources.ConversionError, match=r"eps=1e-06 \(ours: cfg\.dit\.eps=1e-05\)"):
+    components.convert(full, str(tmp_path / "ckpt"), wan_transformer=str(wan_folder))
+  assert not (tmp_path / "ckpt").exists()

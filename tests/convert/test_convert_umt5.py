@@ -7,6 +7,7 @@ from flax import nnx
 from configs.flashworld import get_config
 from flashworld_jax import checkpoint, sharding
 from flashworld_jax.convert import sources
+from flashworld_jax.convert.components import convert
 from flashworld_jax.convert.sources import ConversionError
 from flashworld_jax.convert.umt5 import convert_umt5
 from flashworld_jax.models.umt5 import UMT5Encoder
@@ -126,3 +127,86 @@ def test_converted_state_round_trips_through_orbax(tmp_path, mesh1):
   assert restored.keys() == expected.keys()
   for key in expected:
     np.testing.assert_array_equal(restored[key], expected[key], err_msg=key)
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+  """`_hf_arrays` as model.safetensors beside the config.json transformers writes for `_cfg()`."""
+  transformers = pytest.importorskip("transformers")
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  cfg = _cfg()
+  path = tmp_path / "text_encoder"
+  transformers.UMT5Config(
+      vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
+      num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+      relative_attention_num_buckets=cfg.relative_attention_num_buckets,
+      relative_attention_max_distance=cfg.relative_attention_max_distance,
+      feed_forward_proj="gated-gelu").save_pretrained(path)
+  save_file(_hf_arrays(cfg), str(path / "model.safetensors"))
+  return path
+
+
+def _convert_folder(path, mesh, cfg=None, source_config="read"):
+  if source_config == "read":
+    source_config = sources.source_config(str(path))
+  with jax.set_mesh(mesh), sharding.rules():
+    return convert_umt5(cfg or _cfg(), sources.read_safetensors(str(path)), source_config)
+
+
+@pytest.mark.oracle
+def test_matching_config_json_converts(hf_folder, mesh1):
+  config = sources.source_config(str(hf_folder))
+  assert (config["layer_norm_epsilon"], config["feed_forward_proj"]) == (1e-6, "gated-gelu")
+  flat = _flat(_convert_folder(hf_folder, mesh1))
+  np.testing.assert_array_equal(flat["final_norm/scale"],
+                                _hf_arrays(_cfg())["encoder.final_layer_norm.weight"])
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("overrides, named", [
+    # Bucket edges: no tensor shape depends on the maximum distance.
+    (dict(relative_attention_max_distance=64),
+     ["relative_attention_max_distance=128 (ours: cfg.text.relative_attention_max_distance=64)"]),
+    (dict(relative_attention_num_buckets=16),
+     ["relative_attention_num_buckets=32 (ours: cfg.text.relative_attention_num_buckets=16)"]),
+    (dict(eps=1e-5), ["layer_norm_epsilon=1e-06 (ours: cfg.text.eps=1e-05)"]),
+    (dict(num_heads=8, d_kv=4), ["num_heads=4 (ours: cfg.text.num_heads=8)",
+                                 "d_kv=8 (ours: cfg.text.d_kv=4)"]),
+])
+def test_config_json_disagreements_are_refused_by_name(hf_folder, overrides, named, mesh1):
+  cfg = _cfg()
+  cfg.update(overrides)
+  with pytest.raises(ConversionError, match="config.json of .*text_encoder disagrees") as e:
+    _convert_folder(hf_folder, mesh1, cfg)
+  for field in named:
+    assert field in str(e.value)
+  assert str(e.value).count("(ours: ") == len(named)
+
+
+@pytest.mark.oracle
+def test_config_json_activation_is_checked(hf_folder, mesh1):
+  config = {**sources.source_config(str(hf_folder)), "feed_forward_proj": "relu"}
+  expected = r"feed_forward_proj='relu' \(ours: UMT5Encoder\.feed_forward='gated-gelu'\)"
+  with pytest.raises(ConversionError, match=expected):
+    _convert_folder(hf_folder, mesh1, source_config=config)
+
+
+@pytest.mark.oracle
+def test_folder_without_config_json_is_checked_by_shapes_only(hf_folder, mesh1):
+  (hf_folder / "config.json").unlink()
+  assert sources.source_config(str(hf_folder)) is None
+  cfg = _cfg()
+  cfg.relative_attention_max_distance = 64   # invisible in the shapes
+  _convert_folder(hf_folder, mesh1, cfg)
+  cfg.d_ff = 48
+  with pytest.raises(ConversionError, match="shape mismatch"):
+    _convert_folder(hf_folder, mesh1, cfg)
+
+
+@pytest.mark.oracle
+def test_convert_command_refuses_a_disagreeing_config_json_before_writing(hf_folder, tmp_path):
+  full = get_config("tiny")
+  full.text.relative_attention_max_distance = 64
+  with pytest.raises(ConversionError, match=r"relative_attention_max_distance=128 \(ours: "):
+    convert(full, str(tmp_path / "ckpt"), text_encoder=str(hf_folder))
+  assert not (tmp_path / "ckpt").exists()

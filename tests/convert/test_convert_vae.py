@@ -51,7 +51,7 @@ def test_vae_conversion_errors_name_the_problem(wan_vae):
     convert(bad_shape, vae_config)
   with pytest.raises(ConversionError, match=r"latents_mean.*48 values"):
     convert(arrays, {**vae_config, "latents_mean": [0.0] * 16})
-  with pytest.raises(ConversionError, match=r"base_dim=96 \(cfg has 16\)"):
+  with pytest.raises(ConversionError, match=r"base_dim=96 \(ours: cfg\.vae\.base_dim=16\)"):
     convert(arrays, {**vae_config, "base_dim": 96})
 
 

@@ -2,6 +2,7 @@
 remat, parameter count and the input/output channel helpers."""
 import copy
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ def _tiny_cfg(extended: bool, scan_layers: bool = True):
   """The tiny oracle architecture of the brief: 2 heads × 24, ffn 64, text 32, freq 32, 2 layers."""
   cfg = copy.deepcopy(get_config("tiny").dit)
   cfg.freq_dim, cfg.rope_max_seq_len = 32, 64
-  cfg.dtype = "float32"
+  cfg.dtype, cfg.matmul_precision = "float32", "highest"   # full fp32 on GPUs (TF32) and TPUs too
   cfg.scan_layers = scan_layers
   for name in _EXTENSIONS:
     cfg[name] = extended
@@ -230,6 +231,23 @@ def test_bf16_forward_is_close_to_fp32(mesh1):
   assert _relative_error(outs["bfloat16"], np.asarray(outs["float32"])) < 3e-2
 
 
+@pytest.mark.parametrize("name", ["default", "highest"])
+def test_matmul_precision_reaches_every_matmul(name, mesh1):
+  """Dense layers and both attention einsums (which take no precision argument) follow it."""
+  cfg = _tiny_cfg(extended=False)
+  cfg.matmul_precision = name
+  x, t, context = _inputs(cfg, jax.random.key(9), batch=1, views=1)
+  with jax.set_mesh(mesh1), sharding.rules():
+    graphdef, state = nnx.split(dit.WanDiT(cfg, rngs=nnx.Rngs(0)))
+    forward = jax.jit(lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c))
+    hlo = forward.lower(state, x, t, context).as_text()
+  dots = re.findall(r"stablehlo\.dot_general .*", hlo)
+  highest = [d for d in dots if "precision = [HIGHEST, HIGHEST]" in d]
+  # 7 outside the blocks; per (scanned) block 8 dense layers, 2 × 2 attention einsums, 2 FFN.
+  assert len(dots) >= 7 + 14
+  assert len(highest) == (len(dots) if name == "highest" else 0)
+
+
 def test_assemble_and_split_follow_the_spec_channel_order():
   cfg = get_config("tiny").dit
   assert dit.dit_input_channels(cfg) == 48 + 6 + 48 + 32 + 48
@@ -266,6 +284,9 @@ def test_bad_inputs_raise_value_errors(mesh1):
   bad = copy.deepcopy(cfg)
   bad.remat_policy = "sometimes"
   with pytest.raises(ValueError, match="remat_policy='sometimes'"):
+    dit.dims_from_config(bad)
+  bad.remat_policy, bad.matmul_precision = "none", "tf32"
+  with pytest.raises(ValueError, match=r"dit\.matmul_precision='tf32': expected one of"):
     dit.dims_from_config(bad)
   with jax.set_mesh(mesh1), sharding.rules():
     model = dit.WanDiT(cfg, rngs=nnx.Rngs(0))

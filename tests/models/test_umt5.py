@@ -1,4 +1,6 @@
 """UMT5 encoder: parity with transformers' UMT5EncoderModel, bucketing, encode_text, dtypes."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +21,8 @@ TINY = dict(vocab_size=256, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads
 
 def _text_cfg(dtype="float32", **overrides):
   cfg = get_config("tiny").text
-  cfg.update(dict(TINY, **overrides))
+  # "highest": full fp32 on GPUs (TF32) and TPUs too.
+  cfg.update({**TINY, "matmul_precision": "highest", **overrides})
   cfg.dtype = dtype
   return cfg
 
@@ -122,6 +125,25 @@ def test_bf16_compute_close_to_fp32(mesh1):
   rel_err = np.abs(outputs["bfloat16"] - outputs["float32"]).max() / np.abs(outputs["float32"]).max()
   print(f"bf16 vs fp32 max relative error: {rel_err:.2e}")
   assert 0 < rel_err < 5e-2, rel_err
+
+
+@pytest.mark.parametrize("name", ["default", "highest"])
+def test_matmul_precision_reaches_every_matmul(name, mesh1):
+  """Dense layers and the attention einsums (which take no precision argument) follow it."""
+  ids, mask = _padded_batch([8], 8, TINY["vocab_size"])
+  with jax.set_mesh(mesh1), sharding.rules():
+    graphdef, state = nnx.split(umt5.UMT5Encoder(_text_cfg(matmul_precision=name), nnx.Rngs(0)))
+    forward = jax.jit(lambda s, i, a: nnx.merge(graphdef, s)(i, a))
+    hlo = forward.lower(state, ids, mask).as_text()
+  dots = re.findall(r"stablehlo\.dot_general .*", hlo)
+  highest = [d for d in dots if "precision = [HIGHEST, HIGHEST]" in d]
+  assert len(dots) >= 9  # per (scanned) block: q, k, v, o, 2 attention einsums, wi_0, wi_1, wo
+  assert len(highest) == (len(dots) if name == "highest" else 0)
+
+
+def test_unknown_matmul_precision_is_refused():
+  with pytest.raises(ValueError, match=r"text\.matmul_precision='tf32': expected one of"):
+    umt5.UMT5Encoder(_text_cfg(matmul_precision="tf32"), nnx.Rngs(0))
 
 
 def test_encode_text_zeroes_past_length_and_reports_lengths(mesh1):
