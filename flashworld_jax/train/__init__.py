@@ -1,0 +1,1 @@
+"""Training: state, losses, steps, the loop shared by every stage, checkpoints, metrics."""
