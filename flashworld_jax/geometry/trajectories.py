@@ -48,6 +48,41 @@ def resample_cameras(cams: jax.typing.ArrayLike, n: int) -> jax.Array:
   return _resample_knots(cams, int(n))
 
 
+def _through_index(num_cams: int, n: int, keep_index: int) -> int:
+  """The view that camera `keep_index` of num_cams becomes among n: round(keep_index·(n−1)/(N−1)),
+  halves rounded up, kept off the ends for an inner camera while n ≥ 3 so that both ends stay."""
+  if num_cams == 1:
+    return 0
+  index = (2 * keep_index * (n - 1) + num_cams - 1) // (2 * (num_cams - 1))
+  if 0 < keep_index < num_cams - 1 and n >= 3:
+    index = min(max(index, 1), n - 2)
+  return index
+
+
+def resample_through(cams: jax.typing.ArrayLike, n: int, keep_index: int) -> tuple[jax.Array, int]:
+  """Resamples a trajectory [N, 11] to n views of which one is camera `keep_index`, unchanged.
+
+  The kept camera becomes view j = round(keep_index·(n−1)/(N−1)); the cameras up to it are
+  resampled to j+1 views and those from it to n−j views (`resample_cameras`, so both ends stay
+  views). An inner camera is kept off the ends (1 ≤ j ≤ n−2) while n ≥ 3; with fewer views it
+  displaces the nearer end. Returns the n views and j.
+  """
+  cams = as_float_array(cams, "cams", (CAMERA_DIM,))
+  if cams.ndim != 2 or cams.shape[0] < 1:
+    raise ValueError(f"cams must have shape [N, 11] with N ≥ 1, got {tuple(cams.shape)}")
+  num_cams = cams.shape[0]
+  if not isinstance(keep_index, (int, np.integer)) or not 0 <= keep_index < num_cams:
+    raise ValueError(f"keep_index must be an int in [0, {num_cams}), got {keep_index!r}")
+  if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+    raise ValueError(f"n must be a positive int, got {n!r}")
+  index = _through_index(num_cams, int(n), int(keep_index))
+  before = resample_cameras(cams[:keep_index + 1], index + 1)
+  after = resample_cameras(cams[keep_index:], int(n) - index)
+  # The kept camera itself, not its resampled copies (slerp and lerp round it in the last bits).
+  kept = cams[keep_index:keep_index + 1]
+  return jnp.concatenate([before[:-1], kept, after[1:]]), index
+
+
 def fov_intrinsics(height: int, width: int, fov_degrees: float) -> np.ndarray:
   """Normalised [f_x/W, f_y/H, c_x/W, c_y/H] of a centred pinhole with vertical field of view."""
   if not 0.0 < fov_degrees < 180.0:

@@ -60,6 +60,37 @@ def test_single_camera_is_replicated_and_bad_n_rejected():
     T.resample_cameras(cam[0], 3)
 
 
+@pytest.mark.parametrize("num_cams,n,keep,expected_index", [
+    (24, 8, 10, 3), (24, 12, 10, 5), (24, 24, 10, 10), (24, 48, 10, 20),
+    (24, 8, 1, 1), (24, 8, 22, 6),  # round to 0 or 7 would drop an end: kept off the ends
+    (24, 8, 0, 0), (24, 8, 23, 7), (5, 3, 2, 1), (24, 2, 10, 0), (24, 1, 10, 0)])
+def test_resampling_through_a_camera_keeps_it_and_both_ends(num_cams, n, keep, expected_index):
+  knots = np.float32(_unit_knots(num_cams))
+  out, index = T.resample_through(knots, n, keep)
+  out = np.asarray(out)
+  assert out.shape == (n, 11) and index == expected_index
+  np.testing.assert_array_equal(out[index], knots[keep])
+  if n >= 3:
+    for end in (0, -1):
+      np.testing.assert_allclose(np.abs(np.sum(out[end, :4] * knots[end, :4])), 1.0, atol=2e-6)
+      np.testing.assert_allclose(out[end, 4:], knots[end, 4:], atol=2e-6)
+  # Each side is the plain resampling of its own cameras.
+  before = np.asarray(T.resample_cameras(knots[:keep + 1], index + 1))
+  np.testing.assert_allclose(out[:index], before[:-1], atol=1e-7)
+
+
+def test_resampling_through_the_first_camera_is_plain_resampling():
+  knots = np.float32(_unit_knots(6))
+  out, index = T.resample_through(knots, 4, 0)
+  assert index == 0
+  np.testing.assert_allclose(out, T.resample_cameras(knots, 4), atol=1e-7)
+
+
+def test_resampling_through_rejects_a_camera_outside():
+  with pytest.raises(ValueError, match=r"keep_index must be an int in \[0, 3\), got 3"):
+    T.resample_through(np.float32(_unit_knots(3)), 4, 3)
+
+
 @pytest.mark.parametrize("name", T.TRAJECTORY_NAMES)
 def test_predefined_trajectories_are_valid(name):
   cams = np.asarray(T.make_trajectory(name, 7, 480, 704, fov_degrees=60.0), np.float64)
