@@ -2,8 +2,9 @@
 
   python -m flashworld_jax.io.check_request FILE_OR_DIR [...]
 
-Prints one line per request (views, H×W, image, prompt), or `error: <file>: <message>`; a folder
-stands for its *.json files. Exits with status 1 if any request is invalid.
+Prints one line per request (views, H×W, image, prompt), or `error: <file>: <message>`, and
+`warning: <file>: <message>` for what a request gets away with (unknown keys); a folder stands for
+its *.json files. Exits with status 1 if any request is invalid; warnings alone do not fail.
 """
 from __future__ import annotations
 
@@ -43,21 +44,33 @@ def summary(req: request_lib.SceneRequest) -> str:
           f"prompt {prompt!r}")
 
 
+def check(path: str) -> bool:
+  """Prints the request's summary, warnings or error; True when it is valid."""
+  try:
+    req = request_lib.load_request(path)
+  except request_lib.RequestError as e:  # its message starts with the file
+    print(f"error: {e}", file=sys.stderr)
+    return False
+  except Exception as e:  # a bug or an OS error must still read as one line, not a traceback
+    print(f"error: {path}: {type(e).__name__}: {e}", file=sys.stderr)
+    return False
+  for warning in req.warnings:
+    print(f"warning: {path}: {warning}", file=sys.stderr)
+  print(f"ok: {path}: {summary(req)}")
+  return True
+
+
 def main(argv: Sequence[str]) -> int:
   if len(argv) < 2:
     raise app.UsageError("give at least one request file or folder")
   failures = 0
   for path, problem in request_files(argv[1:]):
     if problem is None:
-      try:
-        print(f"ok: {path}: {summary(request_lib.load_request(path))}")
-        continue
-      except request_lib.RequestError as e:
-        problem = str(e)
-      except Exception as e:  # a bug or an OS error must still read as one line, not a traceback
-        problem = f"{type(e).__name__}: {e}"
-    print(f"error: {path}: {problem}", file=sys.stderr)
-    failures += 1
+      valid = check(path)
+    else:
+      print(f"error: {path}: {problem}", file=sys.stderr)
+      valid = False
+    failures += not valid
   return 1 if failures else 0
 
 

@@ -1,11 +1,14 @@
 """Generation requests: the reference JSON schema, validated (formats.md §1), and written back.
 
 Every validation failure raises RequestError naming the field path (e.g. `cameras[3].quaternion`),
-the offending value (abbreviated) and what was expected; nothing is partially accepted.
+the offending value (abbreviated) and what was expected, and the file when read from one; nothing is
+partially accepted. Unknown top-level keys are ignored, as REF does, but reported in the request's
+`warnings` with the closest known key (a misspelt optional key would otherwise go unnoticed).
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -18,7 +21,8 @@ from flashworld_jax.io import atomic, images
 
 MAX_VIEWS = 1024  # RoPE positions per axis (flashworld.md §1.1)
 SIZE_MULTIPLE = 32  # VAE ×16, then patch 2
-_SEED_RANGE = (-(2**63), 2**63)  # int64, what a PRNG seed can hold
+SEED_RANGE = (-(2**63), 2**63)  # int64, what a PRNG seed can hold
+_KEYS = ("image_prompt", "text_prompt", "resolution", "image_index", "cameras", "seed")
 _CAMERA_KEYS = ("quaternion", "position", "fx", "fy", "cx", "cy")
 _ABBREVIATE_AT = 60
 
@@ -51,6 +55,7 @@ class SceneRequest:
   cameras: tuple[Camera, ...]
   seed: int | None
   name: str
+  warnings: tuple[str, ...] = ()  # what validation accepted but the user should hear about
 
 
 def _abbreviate(value: Any) -> str:
@@ -122,6 +127,17 @@ def _optional_string(data: Mapping[str, Any], key: str) -> str:
   return value
 
 
+def _unknown_key_warnings(data: Mapping[str, Any]) -> tuple[str, ...]:
+  found = []
+  for key in data:
+    if key in _KEYS:
+      continue
+    close = difflib.get_close_matches(str(key), _KEYS, n=1)
+    hint = f"did you mean `{close[0]}`?" if close else f"expected keys: {', '.join(_KEYS)}"
+    found.append(f"`{key}`: unknown key (ignored), {hint}")
+  return tuple(found)
+
+
 def parse_request(data: Any, name: str = "request", base_dir: str = ".") -> SceneRequest:
   """Validates a decoded JSON request; relative image paths are resolved against `base_dir`."""
   if not isinstance(data, dict):
@@ -141,7 +157,7 @@ def parse_request(data: Any, name: str = "request", base_dir: str = ".") -> Scen
     raise _fail("cameras", raw_cameras, "a non-empty list of camera objects")
   cameras = tuple(_parse_camera(c, f"cameras[{i}]") for i, c in enumerate(raw_cameras))
   seed = data.get("seed")
-  if seed is not None and not (_is_int(seed) and _SEED_RANGE[0] <= seed < _SEED_RANGE[1]):
+  if seed is not None and not (_is_int(seed) and SEED_RANGE[0] <= seed < SEED_RANGE[1]):
     raise _fail("seed", seed, "an integer (int64) or null")
   if image_source is None and not text_prompt.strip():
     raise RequestError("text_prompt/image_prompt: expected a non-empty text_prompt or an "
@@ -157,7 +173,7 @@ def parse_request(data: Any, name: str = "request", base_dir: str = ".") -> Scen
     image.setflags(write=False)
   return SceneRequest(image=image, image_source=image_source, text_prompt=text_prompt,
                       num_views=num_views, height=height, width=width, image_index=image_index,
-                      cameras=cameras, seed=seed, name=name)
+                      cameras=cameras, seed=seed, name=name, warnings=_unknown_key_warnings(data))
 
 
 def load_request(path_or_dict: str | os.PathLike[str] | Mapping[str, Any],
@@ -165,7 +181,7 @@ def load_request(path_or_dict: str | os.PathLike[str] | Mapping[str, Any],
   """Loads and validates a request from a JSON file or an already decoded dict.
 
   `name` defaults to the file's stem, or "request" for a dict. Image paths in a file are relative to
-  the file's directory; in a dict, to the working directory.
+  the file's directory; in a dict, to the working directory. Errors from a file start with its path.
   """
   if isinstance(path_or_dict, Mapping):
     return parse_request(dict(path_or_dict), name or "request", ".")
@@ -180,7 +196,10 @@ def load_request(path_or_dict: str | os.PathLike[str] | Mapping[str, Any],
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise RequestError(f"{path}: not valid JSON ({e})") from None
   stem = os.path.splitext(os.path.basename(path))[0]
-  return parse_request(data, name or stem, os.path.dirname(os.path.abspath(path)))
+  try:
+    return parse_request(data, name or stem, os.path.dirname(os.path.abspath(path)))
+  except RequestError as e:
+    raise RequestError(f"{path}: {e}") from None
 
 
 def request_to_dict(request: SceneRequest) -> dict[str, Any]:

@@ -7,8 +7,8 @@ import sys
 from request_helpers import EXAMPLES_DIR
 
 
-def test_cli_reports_good_and_bad_requests_without_traceback(tmp_path, request_dict):
-  (tmp_path / "good.json").write_text(json.dumps(request_dict))
+def test_cli_reports_good_and_bad_requests_and_warnings_without_traceback(tmp_path, request_dict):
+  (tmp_path / "good.json").write_text(json.dumps({**request_dict, "text_promt": "typo"}))
   bad = {**request_dict, "cameras": [{**request_dict["cameras"][0], "quaternion": [0, 0, 0, 0]}]}
   (tmp_path / "bad.json").write_text(json.dumps(bad))
   (tmp_path / "notes.txt").write_text("not a request")
@@ -24,6 +24,8 @@ def test_cli_reports_good_and_bad_requests_without_traceback(tmp_path, request_d
   assert "non-zero norm" in result.stderr
   assert f"error: {tmp_path / 'missing.json'}: no such file or folder" in result.stderr
   assert f"ok: {tmp_path / 'good.json'}: 4 views, H×W 32×64, 3 cameras, image 40×50" in result.stdout
+  assert (f"warning: {tmp_path / 'good.json'}: `text_promt`: unknown key (ignored), did you mean "
+          "`text_prompt`?") in result.stderr
   assert "notes.txt" not in output
   if os.path.isdir(EXAMPLES_DIR):
     assert result.stdout.count("24 views, H×W 480×704, 24 cameras") == 2

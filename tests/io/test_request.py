@@ -3,6 +3,7 @@ import base64
 import copy
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -160,6 +161,26 @@ def test_top_level_and_prompt_errors(tmp_path, request_dict):
     load_request(tmp_path / "broken.json")
   with pytest.raises(RequestError, match="no such file"):
     load_request(tmp_path / "absent.json")
+
+
+def test_unknown_keys_are_ignored_with_a_warning_naming_the_closest_key(request_dict):
+  data = {**request_dict, "text_promt": "a typo", "image_idx": 2, "notes": "mine"}
+  req = load_request(data)
+  assert req.text_prompt == "a test scene" and req.image_index == 1
+  assert req.warnings == (
+      "`text_promt`: unknown key (ignored), did you mean `text_prompt`?",
+      "`image_idx`: unknown key (ignored), did you mean `image_index`?",
+      "`notes`: unknown key (ignored), expected keys: image_prompt, text_prompt, resolution, "
+      "image_index, cameras, seed")
+  assert load_request(request_dict).warnings == ()
+  assert "text_promt" not in request_to_dict(req)
+
+
+def test_errors_from_a_file_name_it(tmp_path, request_dict):
+  path = tmp_path / "bad.json"
+  path.write_text(json.dumps({**request_dict, "seed": "7"}))
+  with pytest.raises(RequestError, match="^" + re.escape(f"{path}: seed: expected an integer")):
+    load_request(path)
 
 
 def test_image_is_read_only_and_long_values_are_abbreviated(request_dict):
