@@ -1,4 +1,5 @@
 """From a request to the model's camera inputs, in REF order; the examples through normalisation."""
+import json
 import os
 
 import jax
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 
 from flashworld_jax.geometry import cameras as C, rays as R
-from flashworld_jax.io.prepare import prepare_cameras
-from flashworld_jax.io.request import load_request
+from flashworld_jax.io.prepare import prepare_cameras, with_num_views
+from flashworld_jax.io.request import load_request, request_to_dict
 from request_helpers import EXAMPLE_NAMES, camera
 
 
@@ -59,3 +60,48 @@ def test_examples_prepare_and_normalise(examples_dir, name):
   ray = np.asarray(jax.jit(R.raymap, static_argnums=(1, 2))(cams_n, 480 // 16, 704 // 16))
   assert ray.shape == (24, 6, 30, 44)
   np.testing.assert_allclose(np.linalg.norm(ray[:, :3], axis=1), 1.0, atol=2e-6)
+
+
+def _same_camera(a, b):
+  """Two camera vectors within 1e-6, the quaternion up to its sign (the same rotation)."""
+  np.testing.assert_allclose(a[:4] * np.sign(a[:4] @ b[:4]), b[:4], atol=1e-6)
+  np.testing.assert_allclose(a[4:], b[4:], atol=1e-6)
+
+
+@pytest.mark.parametrize("num_views,image_index", [(8, 3), (12, 5)])
+def test_fewer_views_keep_the_image_on_its_camera(examples_dir, num_views, image_index):
+  with open(os.path.join(examples_dir, "paved-plaza.json")) as f:
+    data = {**json.load(f), "image_index": 10}
+  req = load_request(data)
+  _, own = prepare_cameras(req)
+  fewer = with_num_views(req, num_views)
+  assert (fewer.num_views, fewer.image_index, len(fewer.cameras)) == (num_views, image_index,
+                                                                      num_views)
+  _, cams = prepare_cameras(fewer)
+  assert cams.shape == (num_views, 11)
+  _same_camera(cams[image_index], own[10])
+  _same_camera(cams[0], own[0])
+  _same_camera(cams[-1], own[-1])
+  # Written back, the request describes the run: n views, their cameras, the image's new index.
+  saved = load_request(request_to_dict(fewer))
+  assert saved.image_index == image_index and saved.num_views == num_views
+  np.testing.assert_array_equal(prepare_cameras(saved)[1], cams)
+
+
+def test_view_override_goes_through_the_requests_own_views(request_dict):
+  # 3 cameras for 4 views: the image's camera (view 1) is itself resampled, and stays so.
+  req = load_request(request_dict)
+  _, own = prepare_cameras(req)
+  more = with_num_views(req, 7)
+  _, cams = prepare_cameras(more)
+  assert more.image_index == 2 and cams.shape == (7, 11)
+  _same_camera(cams[2], own[1])
+
+
+def test_view_override_without_image_only_changes_n(request_dict):
+  req = load_request({**request_dict, "image_prompt": None})
+  more = with_num_views(req, 6)
+  assert more.cameras == req.cameras and more.image_index == req.image_index
+  assert prepare_cameras(more)[1].shape == (6, 11)
+  with pytest.raises(ValueError, match=r"num_views must be in \[1, 1024\], got 0"):
+    with_num_views(req, 0)
