@@ -33,16 +33,19 @@ def write_text(path: str, text: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str) -> Iterator[str]:
+def atomic_directory(path: str, replace: bool = True) -> Iterator[str]:
   """Yields a temporary directory that becomes `path` only if the body succeeds.
 
-  An existing `path` is replaced only after the new content is complete.
+  An existing `path` is replaced only after the new content is complete, and only if `replace`;
+  otherwise FileExistsError is raised and the new content discarded.
   """
   parent = os.path.dirname(os.path.abspath(path)) or "."
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
   try:
     yield tmp
+    if os.path.lexists(path) and not replace:
+      raise FileExistsError(f"{path}: already exists, not replaced")
     if os.path.exists(path):
       old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".old", dir=parent)
       os.replace(path, os.path.join(old, "previous"))
