@@ -8,7 +8,8 @@ EXAMPLE ?= ../shared/examples/paved-plaza.json
 OUTPUT_DIR ?= outputs
 # The example asks for 24 views at 480×704 (4 M Gaussians per scene): about an hour on a 2-core CPU
 # (28 minutes with --video_fps=1).
-# The CPU demo overrides it to 12 views at 224×320; `make demo DEMO_FLAGS=` runs it as written.
+# The CPU demo overrides it to 12 views at 224×320 (the image, view 7 of 24, stays on its camera as
+# view 3); `make demo DEMO_FLAGS=` runs it as written. A rerun replaces the demo's own folder.
 DEMO_FLAGS ?= --num_views=12 --resolution=224,320 --video_fps=4
 
 .PHONY: demo test test-all bench clean
@@ -31,7 +32,7 @@ $(STAMPS)/test: requirements-test.txt $(STAMPS)/runtime
 
 demo: $(STAMPS)/runtime
 	$(PY) -m flashworld_jax.generate --config=configs/flashworld.py:tiny \
-	  --input=$(EXAMPLE) --output_dir=$(OUTPUT_DIR) $(DEMO_FLAGS)
+	  --input=$(EXAMPLE) --output_dir=$(OUTPUT_DIR) --overwrite $(DEMO_FLAGS)
 
 test: $(STAMPS)/test
 	$(PY) -m pytest

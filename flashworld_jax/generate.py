@@ -8,17 +8,24 @@ r"""Generates 3D Gaussian-splat scenes from requests (image and/or text plus cam
 
 Writes `<output_dir>/<request name>/`: gaussians.ply, gaussians.spz, video.mp4 (as asked), the
 request as run (request.json, with its seed) and timings.json (per stage; compile apart from run).
-Each folder appears only when complete. Invalid requests are reported before any work starts and
-the command exits non-zero.
+Each folder appears only when complete, and replaces an existing one only with --overwrite; quick
+runs (--text/--image) are named after the prompt's first words (or the image's file name) and take
+the next free name (`a-quiet-harbour-at-dawn`, then `a-quiet-harbour-at-dawn-2`, ...).
+
+Flags, the output location and every request are checked before any model work: a problem is one
+line `error: ...` on stderr, exit status 1, and nothing written. `--num_views` keeps an image on its
+own camera (io.prepare.with_num_views).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 import secrets
 import sys
 import time
+from typing import NoReturn
 
 from absl import app, flags, logging
 import jax
@@ -30,12 +37,30 @@ from tqdm import tqdm
 from flashworld_jax import checkpoint, sharding
 from flashworld_jax.export import ply, spz, video, world_frame
 from flashworld_jax.geometry import crop, trajectories
-from flashworld_jax.io import atomic, request as request_lib
+from flashworld_jax.io import atomic, prepare, request as request_lib
 from flashworld_jax.io.check_request import request_files
 from flashworld_jax.models.flashworld import build_flashworld
 from flashworld_jax.models.tokenizer import load_tokenizer
 from flashworld_jax.sampling import conditioning, sampler as sampler_lib
 from flashworld_jax.sampling.timing import Timings
+
+
+class _ResolutionParser(flags.ArgumentParser):
+  """--resolution=H,W as (H, W), each a positive multiple of the model's 32-pixel grid."""
+
+  def parse(self, argument):
+    try:
+      height, width = (int(v) for v in argument.split(","))
+    except ValueError:
+      height = width = 0
+    multiple = request_lib.SIZE_MULTIPLE
+    if not (height > 0 and width > 0 and height % multiple == 0 and width % multiple == 0):
+      raise ValueError(f"expected H,W: two positive multiples of {multiple}, e.g. 480,704")
+    return height, width
+
+  def flag_type(self):
+    return "H,W"
+
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/flashworld.py:tiny", "Model config.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Orbax checkpoint (convert command/trainer).")
@@ -45,41 +70,117 @@ _TEXT = flags.DEFINE_string("text", None, "Text prompt (quick run without a requ
 _IMAGE = flags.DEFINE_string("image", None, "Image path (quick run without a request file).")
 _TRAJECTORY = flags.DEFINE_enum("trajectory", "orbit", trajectories.TRAJECTORY_NAMES,
                                 "Predefined camera path for quick runs.")
-_NUM_VIEWS = flags.DEFINE_integer("num_views", None, "Views (default 24; overrides a request's).")
-_RESOLUTION = flags.DEFINE_string("resolution", None, "H,W (default 480,704; overrides a request's).")
-_IMAGE_INDEX = flags.DEFINE_integer("image_index", 0, "View of --image in a quick run.")
+_NUM_VIEWS = flags.DEFINE_integer("num_views", None, "Views (default 24; overrides a request's, "
+                                  "keeping its image on its camera).", lower_bound=1,
+                                  upper_bound=request_lib.MAX_VIEWS)
+_RESOLUTION = flags.DEFINE(_ResolutionParser(), "resolution", None,
+                           "H,W (default 480,704; overrides a request's).",
+                           serializer=flags.ListSerializer(","))
+_IMAGE_INDEX = flags.DEFINE_integer("image_index", 0, "View of --image in a quick run.",
+                                    lower_bound=0)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "outputs", "Where scene folders are written.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing folders of the requests' "
+                               "names (quick runs always take a new name).")
 _PLY = flags.DEFINE_bool("ply", True, "Write gaussians.ply (standard 3DGS layout).")
 _SPZ = flags.DEFINE_bool("spz", True, "Write gaussians.spz (v3).")
 _VIDEO = flags.DEFINE_bool("video", True, "Write video.mp4 along the trajectory.")
-_VIDEO_FPS = flags.DEFINE_integer("video_fps", 15, "Frames per view interval: (n−1)·fps+1 frames.")
-_SEED = flags.DEFINE_integer("seed", None, "Sampling seed (default: the request's, else random).")
+_VIDEO_FPS = flags.DEFINE_integer("video_fps", 15, "Frames per view interval: (n−1)·fps+1 frames.",
+                                  lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", None, "Sampling seed (default: the request's, else random).",
+                             lower_bound=request_lib.SEED_RANGE[0],
+                             upper_bound=request_lib.SEED_RANGE[1] - 1)
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype override.")
 _OPACITY_THRESHOLD = flags.DEFINE_float("opacity_threshold", None,
-                                        "Drop Gaussians below this opacity in PLY/SPZ.")
+                                        "Drop Gaussians below this opacity in PLY/SPZ.",
+                                        lower_bound=0.0, upper_bound=1.0)
 _SAMPLER = flags.DEFINE_enum("sampler", "staged", ["staged", "fused"],
                              "staged: per-stage compiled and timed; fused: one jitted function.")
 
 DEFAULT_NUM_VIEWS, DEFAULT_RESOLUTION = 24, (480, 704)
+_QUICK_RUN_ONLY = ("trajectory", "image_index")
+_NAME_CHARS = 40
 
 
 class GenerateError(ValueError):
   """Bad command-line input or requests; reported as one line, exit status 1."""
 
 
-def _parse_resolution(text: str | None) -> tuple[int, int] | None:
-  if text is None:
-    return None
-  try:
-    height, width = (int(v) for v in text.split(","))
-  except ValueError:
-    raise GenerateError(f"--resolution={text!r}: expected H,W, e.g. 480,704") from None
-  return height, width
+def _config():
+  """The --config object; ml_collections defers a missing file's error to the config's first use."""
+  value = config_flags.get_config_filename(flags.FLAGS["config"])  # file[:variant]
+  if not os.path.isfile(value.split(":", 1)[0]):
+    raise GenerateError(f"--config={value}: no such file (expected e.g. configs/flashworld.py:5b)")
+  return _CONFIG.value
+
+
+def _check_run_kind() -> None:
+  """Either requests or a quick run, and no flag that the run would ignore."""
+  if bool(_INPUT.value) == bool(_TEXT.value or _IMAGE.value):
+    raise GenerateError("give either --input (a request JSON or folder) or --text/--image")
+  given = [f"--{name}" for name in _QUICK_RUN_ONLY if flags.FLAGS[name].present]
+  if _INPUT.value and given:
+    raise GenerateError(f"{', '.join(given)}: only for quick runs (--text/--image), not with "
+                        "--input (a request sets its own cameras and image_index)")
+  if not _IMAGE.value and flags.FLAGS["image_index"].present:
+    raise GenerateError("--image_index: the view of --image, which is not given")
+
+
+def _check_output_dir(path: str) -> None:
+  """Refuses an --output_dir that cannot be, or become, a writable folder; creates nothing."""
+  flag = f"--output_dir={path}"
+  if not path:
+    raise GenerateError(f"{flag}: expected a folder path")
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise GenerateError(f"{flag}: expected a folder, found a file")
+  nearest = os.path.abspath(path)
+  while not os.path.exists(nearest):
+    nearest = os.path.dirname(nearest)
+  if not os.path.isdir(nearest):
+    raise GenerateError(f"{flag}: cannot create a folder under the file {nearest}")
+  if not os.access(nearest, os.W_OK | os.X_OK):
+    raise GenerateError(f"{flag}: {nearest} is not writable")
+
+
+def _check_model_files(cfg) -> str:
+  """The tokenizer to load, after checking that it and --checkpoint exist; nothing is loaded."""
+  if _CHECKPOINT.value is not None and not os.path.isdir(_CHECKPOINT.value):
+    raise GenerateError(f"--checkpoint={_CHECKPOINT.value}: no such folder (expected an Orbax "
+                        "checkpoint from `python -m flashworld_jax.convert` or the trainer)")
+  spec, source = _TOKENIZER.value, f"--tokenizer={_TOKENIZER.value}"
+  if spec is None:
+    spec = cfg.text.tokenizer
+    source = f"the {cfg.variant} config's text.tokenizer={spec!r}"
+  if not spec:
+    raise GenerateError(f"the {cfg.variant} text encoder needs its tokenizer: pass "
+                        "--tokenizer=<Wan2.2-TI2V-5B-Diffusers/tokenizer> (a local directory)")
+  if spec != "byte" and not os.path.exists(spec):
+    raise GenerateError(f"{source}: no such file or folder (expected 'byte', a tokenizer folder, "
+                        "a tokenizer.json or a SentencePiece .model)")
+  return spec
+
+
+def _slug(text: str) -> str:
+  return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:_NAME_CHARS].rstrip("-")
+
+
+def _quick_run_name(text: str | None, image: str | None, output_dir: str) -> str:
+  """The prompt's first words, else the image's file name, else "scene"; then the first free one of
+  name, name-2, name-3, ... so that a quick run never replaces an earlier one."""
+  image_stem = os.path.splitext(os.path.basename(image or ""))[0]
+  base = _slug(text or "") or _slug(image_stem) or "scene"
+  name, count = base, 1
+  while os.path.lexists(os.path.join(output_dir, name)):
+    count += 1
+    name = f"{base}-{count}"
+  return name
 
 
 def _quick_request(text, image, trajectory, num_views, resolution, image_index) -> dict:
   """A request dict for --text/--image runs: the trajectory's pixel cameras on the target grid
   (or on the original image's grid, so that the centre-crop maps them onto the target)."""
+  if image and image_index >= num_views:
+    raise GenerateError(f"--image_index={image_index}: expected a view in [0, {num_views}) "
+                        f"({num_views} views)")
   height, width = resolution
   cams = np.asarray(trajectories.make_trajectory(trajectory, num_views, height, width), np.float64)
   scale_x, scale_y, offset_x, offset_y = width, height, 0.0, 0.0
@@ -97,28 +198,44 @@ def _quick_request(text, image, trajectory, num_views, resolution, image_index) 
   return data
 
 
+def _with_overrides(req: request_lib.SceneRequest) -> request_lib.SceneRequest:
+  """The request with --num_views and --resolution applied (both checked when parsed)."""
+  if _NUM_VIEWS.value is not None:
+    req = prepare.with_num_views(req, _NUM_VIEWS.value)
+  if _RESOLUTION.value is not None:
+    height, width = _RESOLUTION.value
+    req = dataclasses.replace(req, height=height, width=width)
+  return req
+
+
 def collect_requests() -> list[request_lib.SceneRequest]:
-  """Every request of this run, validated before any model work."""
-  resolution = _parse_resolution(_RESOLUTION.value)
-  if bool(_INPUT.value) == bool(_TEXT.value or _IMAGE.value):
-    raise GenerateError("give either --input (a request JSON or folder) or --text/--image")
+  """Every request of this run, validated, with its warnings printed; errors name the file."""
+  _check_run_kind()
   if not _INPUT.value:
-    data = _quick_request(_TEXT.value, _IMAGE.value, _TRAJECTORY.value,
-                          _NUM_VIEWS.value or DEFAULT_NUM_VIEWS, resolution or DEFAULT_RESOLUTION,
-                          _IMAGE_INDEX.value)
-    return [request_lib.load_request(data, name="scene")]
+    num_views = _NUM_VIEWS.value if _NUM_VIEWS.value is not None else DEFAULT_NUM_VIEWS
+    data = _quick_request(_TEXT.value, _IMAGE.value, _TRAJECTORY.value, num_views,
+                          _RESOLUTION.value or DEFAULT_RESOLUTION, _IMAGE_INDEX.value)
+    name = _quick_run_name(_TEXT.value, _IMAGE.value, _OUTPUT_DIR.value)
+    return [request_lib.load_request(data, name=name)]
   requests = []
   for path, problem in request_files([_INPUT.value]):
     if problem:
       raise GenerateError(f"{path}: {problem}")
     req = request_lib.load_request(path)
-    if _NUM_VIEWS.value is not None or resolution is not None:
-      data = request_lib.request_to_dict(req)
-      n, h, w = data["resolution"]
-      data["resolution"] = [_NUM_VIEWS.value or n, *(resolution or (h, w))]
-      req = request_lib.parse_request(data, req.name, os.path.dirname(os.path.abspath(path)))
-    requests.append(req)
+    for warning in req.warnings:
+      print(f"warning: {path}: {warning}", file=sys.stderr)
+    requests.append(_with_overrides(req))
   return requests
+
+
+def _check_no_replacement(requests: list[request_lib.SceneRequest], output_dir: str) -> None:
+  if _OVERWRITE.value:
+    return
+  for req in requests:
+    folder = os.path.join(output_dir, req.name)
+    if os.path.lexists(folder):
+      raise GenerateError(f"{folder} already exists (request {req.name!r}): pass --overwrite to "
+                          "replace it, or choose another --output_dir")
 
 
 def _apply_dtype(cfg, dtype: str | None) -> None:
@@ -167,7 +284,7 @@ def generate_scene(model, tokenizer, req, cfg, output_dir: str, seed: int, mesh)
     if _VIDEO.value:
       frames = render_video(staged, gaussians, frame, _VIDEO_FPS.value, staged.settings)
   folder = os.path.join(output_dir, req.name)
-  with atomic.atomic_directory(folder) as tmp:
+  with atomic.atomic_directory(folder, replace=_OVERWRITE.value) as tmp:
     with timings.measure("export/world_frame"):
       world = world_frame.gaussians_to_world(np.asarray(gaussians), frame.ref_c2w, frame.s_norm)
     if _PLY.value:
@@ -191,13 +308,13 @@ def generate_scene(model, tokenizer, req, cfg, output_dir: str, seed: int, mesh)
 
 
 def run() -> list[str]:
-  cfg = _CONFIG.value
+  cfg = _config()
   _apply_dtype(cfg, _DTYPE.value)
+  _check_output_dir(_OUTPUT_DIR.value)
   requests = collect_requests()
-  tokenizer_spec = _TOKENIZER.value or cfg.text.tokenizer
-  if not tokenizer_spec:
-    raise GenerateError(f"the {cfg.variant} text encoder needs its tokenizer: pass "
-                        "--tokenizer=<Wan2.2-TI2V-5B-Diffusers/tokenizer> (a local directory)")
+  _check_no_replacement(requests, _OUTPUT_DIR.value)
+  tokenizer_spec = _check_model_files(cfg)
+  os.makedirs(_OUTPUT_DIR.value, exist_ok=True)  # everything checked: the model work starts
   tokenizer = load_tokenizer(tokenizer_spec)
   mesh = sharding.single_device_mesh()
   model, _ = build_flashworld(cfg, mesh, _CHECKPOINT.value, seed=cfg.seed)
@@ -214,16 +331,40 @@ def run() -> list[str]:
   return folders
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+def _exit_with_error(message: str) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def _flag_error_line(error: flags.Error) -> str:
+  lines = str(error).splitlines()
+  if len(lines) <= 1:
+    return str(error)
+  # ml_collections puts the config file's traceback in the message; the error it caught, first in
+  # the exception chain, says what is wrong in one line (e.g. an unknown config variant).
+  cause = error
+  while cause.__context__ is not None:
+    cause = cause.__context__
+  return f"{lines[0]} {' '.join(str(cause).split())}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with each error as one line and exit status 1, like every other error."""
   try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit_with_error(_flag_error_line(e))
+
+
+def main(argv):
+  try:
+    if len(argv) > 1:
+      raise GenerateError(f"unexpected arguments {argv[1:]} (every input is a --flag=value)")
     run()
-  except (GenerateError, request_lib.RequestError, checkpoint.CheckpointError,
-          FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  except (GenerateError, request_lib.RequestError, checkpoint.CheckpointError, FileNotFoundError,
+          FileExistsError, PermissionError) as e:
+    _exit_with_error(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

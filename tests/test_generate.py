@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,12 +12,14 @@ from absl.testing import flagsaver
 
 from flashworld_jax import generate
 from flashworld_jax.export import ply, spz, video
+from flashworld_jax.io.prepare import prepare_cameras
+from flashworld_jax.io.request import load_request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "..", "shared", "examples")
 CONFIG = os.path.join(REPO, "configs", "flashworld.py") + ":tiny"
-# The examples ask for 24 views at 480×704; overridden to stay fast on CPU (image_index 7 and 9
-# need at least 10 views).
+# The examples ask for 24 views at 480×704; overridden to stay fast on CPU (each image stays on its
+# camera: paved-plaza's view 7 becomes view 3 of 10).
 SMALL = ["--num_views=10", "--resolution=64,96", "--video_fps=2"]
 
 
@@ -66,6 +69,7 @@ def test_examples_write_ply_spz_mp4(example_outputs, name):
   with open(os.path.join(folder, "request.json")) as f:
     saved = json.load(f)
   assert saved["seed"] == 3 and saved["resolution"] == [10, 64, 96]
+  assert saved["image_index"] == {"paved-plaza": 3, "sound-room": 4}[name]  # 7 and 9 of 24
 
 
 def test_exports_are_in_the_request_world_frame(example_outputs):
@@ -112,17 +116,146 @@ def test_bad_requests_fail_before_any_output(tmp_path):
     assert not out.exists(), name
 
 
-def test_cli_exits_non_zero_without_traceback_or_folder(tmp_path):
+def _run_cli(argv):
+  """The command in a subprocess on CPU: (result, seconds)."""
+  start = time.perf_counter()
+  result = subprocess.run([sys.executable, "-m", "flashworld_jax.generate", f"--config={CONFIG}",
+                           *argv], capture_output=True, text=True, cwd=REPO, timeout=300,
+                          check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  return result, time.perf_counter() - start
+
+
+def test_cli_names_the_bad_request_of_a_folder_without_traceback_or_folder(tmp_path):
   if not os.path.isdir(EXAMPLES):
     pytest.skip(f"the shared example requests are not at {EXAMPLES}")
   path, _ = _bad_requests(tmp_path)["zero_quaternion"]
+  requests = tmp_path / "requests"
+  requests.mkdir()
+  os.replace(path, requests / "zero_quaternion.json")
+  with open(os.path.join(EXAMPLES, "paved-plaza.json")) as f:
+    (requests / "good.json").write_text(f.read())
   out = tmp_path / "out"
-  result = subprocess.run([sys.executable, "-m", "flashworld_jax.generate", f"--config={CONFIG}",
-                           f"--input={path}", f"--output_dir={out}"], capture_output=True,
-                          text=True, cwd=REPO, timeout=300, check=False)
+  result, _ = _run_cli([f"--input={requests}", f"--output_dir={out}"])
   assert result.returncode == 1
-  assert "cameras[0].quaternion" in result.stderr and "Traceback" not in result.stderr
+  assert f"error: {requests / 'zero_quaternion.json'}: cameras[0].quaternion" in result.stderr
+  assert "Traceback" not in result.stderr
   assert not out.exists()
+
+
+BAD_FLAGS = [  # (flags, expected in the error line)
+    (["--video_fps=0"], "--video_fps=0: 0 is not a positive integer"),
+    (["--video_fps=-1"], "--video_fps=-1"),
+    (["--num_views=0"], "--num_views=0: 0 is not an integer in the range [1, 1024]"),
+    (["--num_views=-3"], "--num_views=-3"),
+    (["--resolution=64,90"], "--resolution=64,90: expected H,W: two positive multiples of 32"),
+    (["--resolution=64"], "--resolution=64: expected H,W"),
+    ([f"--config={CONFIG[:-len('tiny')]}huge"], "unknown variant 'huge'; expected one of"),
+]
+
+
+@pytest.mark.parametrize("argv,expected", BAD_FLAGS, ids=[a[0][2:20] for a, _ in BAD_FLAGS])
+def test_bad_flags_fail_fast_in_one_line(tmp_path, argv, expected):
+  out = tmp_path / "out"
+  result, seconds = _run_cli(["--text=a room", f"--output_dir={out}", *argv])
+  assert result.returncode == 1, result.stderr
+  assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+  assert expected in result.stderr
+  assert seconds < 5 and not out.exists()
+
+
+def test_bad_output_dirs_fail_fast_in_one_line(tmp_path):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("not a folder")
+  cases = {str(a_file): "expected a folder, found a file",
+           str(a_file / "out"): f"cannot create a folder under the file {a_file}"}
+  for out, expected in cases.items():
+    result, seconds = _run_cli(["--text=a room", f"--output_dir={out}"])
+    assert result.returncode == 1 and seconds < 5
+    assert result.stderr == f"error: --output_dir={out}: {expected}\n"
+  assert a_file.read_text() == "not a folder" and os.listdir(tmp_path) == ["a_file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder, whatever its mode")
+def test_unwritable_output_dir_fails_fast(tmp_path):
+  locked = tmp_path / "locked"
+  locked.mkdir(mode=0o500)
+  result, seconds = _run_cli(["--text=a room", f"--output_dir={locked / 'out'}"])
+  assert result.returncode == 1 and seconds < 5
+  assert result.stderr == f"error: --output_dir={locked / 'out'}: {locked} is not writable\n"
+  assert os.listdir(locked) == []
+
+
+def _collect(argv):
+  """The run's requests as generate checks them, without any model work."""
+  with flagsaver.flagsaver():
+    flags.FLAGS(["generate", f"--config={CONFIG}", *argv])
+    return generate.collect_requests()
+
+
+def _plaza(tmp_path, **changes):
+  with open(os.path.join(EXAMPLES, "paved-plaza.json")) as f:
+    data = {**json.load(f), **changes}
+  path = tmp_path / "plaza.json"
+  path.write_text(json.dumps(data))
+  return path
+
+
+@pytest.mark.parametrize("num_views,image_index", [(8, 3), (12, 5)])
+def test_view_override_keeps_the_image_on_its_camera(tmp_path, num_views, image_index):
+  """24 views with the image at view 10, run at 8 and 12 views: the image's camera is a view."""
+  if not os.path.isdir(EXAMPLES):
+    pytest.skip(f"the shared example requests are not at {EXAMPLES}")
+  path = _plaza(tmp_path, image_index=10)
+  out = tmp_path / "out"
+  [folder] = _run([f"--input={path}", f"--output_dir={out}", f"--num_views={num_views}",
+                   "--resolution=64,96", "--video=false", "--ply=false", "--spz=false"])
+  with open(os.path.join(folder, "request.json")) as f:
+    saved = json.load(f)
+  assert saved["image_index"] == image_index and saved["resolution"] == [num_views, 64, 96]
+  _, run_cams = prepare_cameras(load_request(os.path.join(folder, "request.json")))
+  _, own_cams = prepare_cameras(load_request(_plaza(tmp_path, image_index=10,
+                                                    resolution=[24, 64, 96])))
+  image_camera, own_camera = run_cams[image_index], own_cams[10]
+  np.testing.assert_allclose(image_camera[:4] * np.sign(image_camera[:4] @ own_camera[:4]),
+                             own_camera[:4], atol=1e-6)
+  np.testing.assert_allclose(image_camera[4:], own_camera[4:], atol=1e-6)
+
+
+def test_misspelt_request_keys_are_warned_about(tmp_path, capsys):
+  if not os.path.isdir(EXAMPLES):
+    pytest.skip(f"the shared example requests are not at {EXAMPLES}")
+  path = _plaza(tmp_path, text_promt="a typo")
+  [req] = _collect([f"--input={path}", f"--output_dir={tmp_path / 'out'}"])
+  assert req.name == "plaza"
+  assert (f"warning: {path}: `text_promt`: unknown key (ignored), did you mean `text_prompt`?"
+          in capsys.readouterr().err)
+
+
+def test_an_existing_request_folder_is_replaced_only_with_overwrite(tmp_path):
+  if not os.path.isdir(EXAMPLES):
+    pytest.skip(f"the shared example requests are not at {EXAMPLES}")
+  path = _plaza(tmp_path)
+  earlier = tmp_path / "out" / "plaza"
+  earlier.mkdir(parents=True)
+  with pytest.raises(generate.GenerateError, match="plaza already exists .*--overwrite"):
+    _run([f"--input={path}", f"--output_dir={tmp_path / 'out'}"])
+  assert os.listdir(earlier) == []
+
+
+def test_flags_a_run_would_ignore_are_refused(tmp_path):
+  with pytest.raises(generate.GenerateError, match="--trajectory: only for quick runs"):
+    _run([f"--input={tmp_path}", "--trajectory=pan", f"--output_dir={tmp_path}"])
+  with pytest.raises(generate.GenerateError, match="--image_index: the view of --image"):
+    _run(["--text=a room", "--image_index=2", f"--output_dir={tmp_path}"])
+
+
+def test_quick_runs_take_new_names(tmp_path):
+  quick = ["--text=A room, at dawn!", "--num_views=2", "--resolution=32,32", "--video=false",
+           f"--output_dir={tmp_path}"]
+  first = _run(quick)
+  second = _run(quick)
+  assert [os.path.basename(f) for f in first + second] == ["a-room-at-dawn", "a-room-at-dawn-2"]
+  assert sorted(os.listdir(tmp_path)) == ["a-room-at-dawn", "a-room-at-dawn-2"]
 
 
 def test_failure_during_export_leaves_no_folder(tmp_path, monkeypatch):
