@@ -43,12 +43,12 @@ def _constructors(cfg: ml_collections.ConfigDict, seed: int):
 
 
 def build_flashworld(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                     checkpoint_dir: str | None = None, seed: int = 0
-                     ) -> tuple[FlashWorld, tuple[str, ...]]:
+                     checkpoint_dir: str | None = None, seed: int = 0,
+                     fold_lr_multipliers: bool = True) -> tuple[FlashWorld, tuple[str, ...]]:
   """Builds every component under `mesh`; returns the model and the names that are random.
 
   Components found in `checkpoint_dir` are restored without being initialised first. The Gaussian
-  head's learning-rate multipliers are folded for inference (fp32).
+  head's learning-rate multipliers are folded for inference (fp32) unless a trainer asks otherwise.
   """
   present = checkpoint.available_components(checkpoint_dir) if checkpoint_dir else set()
   parts, random = {}, []
@@ -59,7 +59,8 @@ def build_flashworld(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       else:
         parts[name] = create()
         random.append(name)
-    parts["gaussian_decoder"].fold_lr_multipliers()
+    if fold_lr_multipliers:
+      parts["gaussian_decoder"].fold_lr_multipliers()
   if random:
     logging.warning(
         "\n%s\nRANDOM WEIGHTS for %s: %s. The generated scene is NOISE, useful only to exercise the "

@@ -76,16 +76,26 @@ def grown_capacity(capacity: RasterCapacity, n_isects: int, max_tile_count: int)
 # ----------------------------------------------------------------------------- stages
 
 
+def denoise_batch(model: FlashWorld, cfg_dit: ml_collections.ConfigDict, z: jax.Array,
+                  raymap: jax.Array, cond_latent: jax.Array | None, context: jax.Array,
+                  feedback_feature: jax.Array | None, feedback_latent: jax.Array | None,
+                  timestep: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """DiT pass over B scenes: z [B,V,h,w,z], raymap [B,V,h,w,6], cond_latent and feedback like z (or
+  None: zeros), context [B,L,D], timestep [B] → (velocity [B,V,h,w,z], feature [B,V,h,w,F])."""
+  x = assemble_dit_input(z, raymap, cond_latent, feedback_feature, feedback_latent, cfg_dit)
+  out = model.dit(x, timestep.astype(jnp.float32), context)
+  return split_dit_output(out, cfg_dit)
+
+
 def denoise(model: FlashWorld, cfg_dit: ml_collections.ConfigDict, z: jax.Array,
             cond: SceneConditioning, feedback_feature: jax.Array | None,
             feedback_latent: jax.Array | None, timestep: jax.Array) -> tuple[jax.Array, jax.Array]:
   """DiT pass: (velocity [V,h,w,z], feature [V,h,w,F]) for latents z [V,h,w,z] at `timestep`."""
   batch = lambda x: None if x is None else x[None]
-  x = assemble_dit_input(z[None], cond.raymap[None], cond.cond_latent[None],
-                         batch(feedback_feature), batch(feedback_latent), cfg_dit)
-  out = model.dit(x, jnp.reshape(timestep, (1,)).astype(jnp.float32), cond.context)
-  velocity, feature = split_dit_output(out[0], cfg_dit)
-  return velocity, feature
+  velocity, feature = denoise_batch(model, cfg_dit, z[None], cond.raymap[None],
+                                    batch(cond.cond_latent), cond.context, batch(feedback_feature),
+                                    batch(feedback_latent), jnp.reshape(timestep, (1,)))
+  return velocity[0], None if feature is None else feature[0]
 
 
 def decode(model: FlashWorld, feature: jax.Array, x0_mv: jax.Array, cams: jax.Array) -> jax.Array:

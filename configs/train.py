@@ -1,0 +1,94 @@
+"""Training configs: every stage runs `python -m flashworld_jax.train --config=configs/train.py:<variant>`.
+
+Variants: `pretrain_tiny` (CPU, synthetic scenes), `pretrain_5b` (spec §13.2 defaults: 24 input + 8
+novel views at 480×704 on a pod mesh). The model is `configs/flashworld.py`'s config under `model`;
+override anything with `--config.a.b=v` (e.g. `--config.model.dit.num_layers=4`).
+"""
+import ml_collections
+
+from configs import flashworld
+
+VARIANTS = ("pretrain_tiny", "pretrain_5b")
+
+
+def _data(size: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # A dataset folder written by `python -m flashworld_jax.data.build` and its split; `extra_sources`
+  # adds more as "folder:split:weight" strings, mixed by weight with this one (weight 1).
+  c.train_dir = "data/synthetic-train" if size == "tiny" else ""
+  c.train_split = "train"
+  c.extra_sources = ()
+  c.eval_dir = "data/synthetic-validation" if size == "tiny" else ""
+  c.eval_split = "validation" if size == "tiny" else "test"
+  c.num_input_views = 8 if size == "tiny" else 24
+  c.num_novel_views = 4 if size == "tiny" else 8
+  c.height, c.width = (64, 96) if size == "tiny" else (480, 704)
+  c.min_frame_stride = 1
+  c.max_frame_stride = 2 if size == "tiny" else 5
+  # Conditioning and its dropout (spec §13.2 defaults).
+  c.p_image_condition = 0.5
+  c.p_drop_text = 0.1
+  c.p_drop_image = 0.1
+  c.batch_size = 2 if size == "tiny" else 64       # global, over every process
+  c.num_threads = 2
+  c.prefetch = 4
+  return c
+
+
+def _optimizer(size: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.learning_rate = 1e-3 if size == "tiny" else 1e-5
+  c.warmup_steps = 50 if size == "tiny" else 1000
+  c.b1, c.b2 = 0.9, 0.999
+  c.weight_decay = 0.01
+  c.grad_clip_norm = 1.0
+  return c
+
+
+def _pretrain() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.self_conditioning_prob = 0.5
+  # "same_sigma": the stop-gradient first pass runs at the same z_t; "previous_sigma": it runs at a
+  # noisier σ and its re-encoded x̂₀_3D is re-noised to the current σ, as the sampler does.
+  c.feedback_mode = "same_sigma"
+  c.previous_sigma_gap = 0.25      # previous_sigma: the first pass's u is u + gap (clipped to 1)
+  c.loss_3d_weight = 1.0
+  c.random_background = True
+  return c
+
+
+def get_config(arg: str = "pretrain_tiny") -> ml_collections.ConfigDict:
+  variant = arg or "pretrain_tiny"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/train.py: unknown variant {variant!r}; expected one of {VARIANTS}")
+  stage, size = variant.split("_")
+  cfg = ml_collections.ConfigDict()
+  cfg.variant = variant
+  cfg.stage = stage
+  cfg.model = flashworld.get_config("tiny" if size == "tiny" else "5b")
+  if size == "tiny":
+    # CPU: fp32 compute (bf16 is emulated and slower there); a short text context.
+    for section in (cfg.model.dit, cfg.model.text, cfg.model.vae, cfg.model.gaussian_decoder):
+      section.dtype = "float32"
+    cfg.model.text.max_length = 64
+    cfg.model.render.tile_capacity = 2048
+  else:
+    cfg.model.dit.remat_policy = "save_attention"
+    cfg.model.mesh.data, cfg.model.mesh.fsdp = 1, -1
+  cfg.data = _data(size)
+  cfg.optimizer = _optimizer(size)
+  cfg.pretrain = _pretrain()
+  cfg.init_checkpoint = ""         # a converted or earlier-stage checkpoint (components layout)
+  cfg.ema_decay = 0.999 if size == "5b" else 0.99
+  cfg.accumulation_steps = 1
+  cfg.num_steps = 2000 if size == "tiny" else 100_000
+  cfg.log_every = 10 if size == "tiny" else 50
+  cfg.eval_every = 200 if size == "tiny" else 5000
+  cfg.checkpoint_every = 200 if size == "tiny" else 1000
+  cfg.keep_checkpoints = 3
+  cfg.max_consecutive_nonfinite = 5
+  cfg.eval = ml_collections.ConfigDict()
+  cfg.eval.num_scenes = 8 if size == "tiny" else 32
+  cfg.eval.saved_scenes = 2
+  cfg.seed = 0
+  return cfg

@@ -1,0 +1,244 @@
+"""The one training loop of every stage: mesh → data → model and optimizer → shardings → step →
+checkpoint → evaluation → loop.
+
+A stage (`STAGES`) supplies the trainable components and its pure step function; everything else —
+exact resume from the latest checkpoint (state and data order), a NaN/Inf guard that skips the update
+and stops after `max_consecutive_nonfinite` in a row, render capacities grown on overflow (the same
+batch re-runs), progress bar, JSONL and TensorBoard metrics, periodic held-out evaluation and
+SIGTERM (preemption) saves — is shared.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from flashworld_jax import sharding
+from flashworld_jax.data import pipeline, sampling
+from flashworld_jax.io import atomic
+from flashworld_jax.models.tokenizer import load_tokenizer
+from flashworld_jax.sampling import sampler
+from flashworld_jax.train import checkpoints, evaluation, metric_writer, pretrain
+from flashworld_jax.train import state as state_lib
+
+STAGES = {"pretrain": pretrain}
+_HOST_ONLY = ("text", "clip_id")          # strings stay on the host; tokens go to the devices
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (bad data location, repeated non-finite updates); the message says why."""
+
+
+class _Preemption:
+  """Remembers a SIGTERM so the loop can save and exit between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def sample_spec(cfg: ml_collections.ConfigDict) -> sampling.SampleSpec:
+  d = cfg.data
+  return sampling.SampleSpec(
+      num_input_views=d.num_input_views, num_novel_views=d.num_novel_views, height=d.height,
+      width=d.width, min_frame_stride=d.min_frame_stride, max_frame_stride=d.max_frame_stride,
+      p_image_condition=d.p_image_condition, p_drop_text=d.p_drop_text,
+      p_drop_image=d.p_drop_image, caption_prefix=cfg.model.text.prefix)
+
+
+def sources(cfg: ml_collections.ConfigDict) -> list[pipeline.SourceSpec]:
+  specs = [pipeline.SourceSpec(cfg.data.train_dir, cfg.data.train_split)]
+  for entry in cfg.data.extra_sources:
+    folder, split, weight = entry.rsplit(":", 2)
+    specs.append(pipeline.SourceSpec(folder, split, float(weight)))
+  for spec in specs:
+    if not os.path.exists(os.path.join(spec.data_dir, "dataset_info.json")):
+      raise TrainingError(f"data folder {spec.data_dir!r} holds no built dataset; build it with "
+                          "`python -m flashworld_jax.data.build` (README, \"Training data\")")
+  return specs
+
+
+def make_tokenize(cfg: ml_collections.ConfigDict):
+  tokenizer = load_tokenizer(cfg.model.text.tokenizer)
+
+  def tokenize(text: str) -> dict:
+    ids, mask = tokenizer.encode_batch([text], cfg.model.text.max_length)
+    return {"token_ids": np.asarray(ids[0], np.int32), "token_mask": np.asarray(mask[0], np.int32)}
+
+  return tokenize
+
+
+def render_settings(cfg: ml_collections.ConfigDict) -> sampler.RenderSettings:
+  """Per-view render capacity of the training renders (one view of one scene at a time)."""
+  d, g = cfg.data, cfg.model.gaussian_decoder
+  num_gaussians = d.num_input_views * g.gaussians_per_pixel * (d.height // 2) * (d.width // 2)
+  return sampler.RenderSettings(d.height, d.width, sampler.initial_capacity(cfg.model, num_gaussians),
+                                near_plane=cfg.model.render.near_plane,
+                                far_plane=cfg.model.render.far_plane, backend=cfg.model.render.backend)
+
+
+def global_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
+  """Per-host numpy batch → global arrays split over the mesh's batch axes."""
+  batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
+          for k, v in batch.items() if k not in _HOST_ONLY}
+
+
+def components(graphdef, state: state_lib.TrainState, frozen) -> dict[str, nnx.State]:
+  """The model in `generate`'s checkpoint layout, with the EMA weights of the trained parts."""
+  model = nnx.merge(graphdef, state.ema, frozen)
+  return {name: nnx.state(getattr(model, name))
+          for name in ("dit", "vae", "gaussian_decoder", "text_encoder")}
+
+
+def _compile_step(stage, cfg, graphdef, tx, settings, state, frozen, batch_shardings):
+  step = stage.make_step(cfg, graphdef, tx, settings)
+  state_shardings = state_lib.shardings_of(state)
+  return jax.jit(step, in_shardings=(state_shardings, state_lib.shardings_of(frozen), batch_shardings),
+                 out_shardings=(state_shardings, None), donate_argnums=0)
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = None) -> dict:
+  """Trains until `cfg.num_steps` (or `max_steps` more steps in this call); returns a summary."""
+  stage = STAGES.get(cfg.stage)
+  if stage is None:
+    raise TrainingError(f"config stage {cfg.stage!r}: expected one of {sorted(STAGES)}")
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    atomic.write_text(os.path.join(workdir, "config.json"), cfg.to_json(indent=1) + "\n")
+
+  # ------------------------------------------------------------------ mesh
+  mesh = sharding.mesh_from_config(cfg.model.mesh)
+
+  # ------------------------------------------------------------------ data
+  tokenize = make_tokenize(cfg)
+  dataset = pipeline.make_dataset(sources(cfg), sample_spec(cfg), cfg.data.batch_size, cfg.seed,
+                                  tokenize=tokenize)
+  iterator = pipeline.make_iterator(dataset, cfg.data.num_threads, cfg.data.prefetch)
+  eval_scenes = (evaluation.load_scenes(cfg, tokenize, cfg.eval.num_scenes)
+                 if cfg.data.eval_dir and cfg.eval_every else [])
+
+  # ------------------------------------------------------------------ model and optimizer
+  tx = state_lib.make_optimizer(cfg.optimizer, cfg.num_steps)
+  with jax.set_mesh(mesh), sharding.rules():
+    model = state_lib.build_model(cfg, mesh)
+    graphdef, state, frozen = state_lib.create(model, stage.TRAINABLE, tx, cfg.seed, mesh)
+  del model
+
+  # ------------------------------------------------------------------ shardings and step
+  batch_shardings = NamedSharding(mesh, P(("data", "fsdp")))
+  settings = render_settings(cfg)
+  step_fn = _compile_step(stage, cfg, graphdef, tx, settings, state, frozen, batch_shardings)
+  eval_settings = dataclasses.replace(settings)
+
+  # ------------------------------------------------------------------ checkpoint
+  mngr = checkpoints.manager(workdir, cfg.keep_checkpoints)
+  writer = metric_writer.MetricWriter(workdir)
+  restored = checkpoints.restore(mngr, state)
+  if restored is not None:
+    state, iterator_state, start = restored
+    iterator.set_state(iterator_state)
+    writer.truncate_after(start)
+    logging.info("resumed from %s at step %d", checkpoints.directory(workdir), start)
+  start = int(state.step)
+  end = cfg.num_steps if max_steps is None else min(cfg.num_steps, start + max_steps)
+
+  # ------------------------------------------------------------------ loop
+  preemption = _Preemption()
+  nonfinite_streak, step, last_saved = 0, start, None
+  interval, interval_start = [], time.perf_counter()
+  summary = {"start_step": start}
+  if eval_scenes and start == 0:
+    summary["eval_initial"], eval_settings = _evaluate(cfg, graphdef, state, frozen, eval_scenes,
+                                                       eval_settings, 0, writer)
+  try:
+    with jax.set_mesh(mesh), tqdm(total=end, initial=start, desc=f"{cfg.stage}",
+                                  unit="step", disable=jax.process_index() != 0) as bar:
+      while step < end:
+        batch = global_batch(next(iterator), mesh)
+        while True:
+          state, metrics = step_fn(state, frozen, batch)
+          if not bool(metrics["overflow"]):
+            break
+          settings = pretrain.grown_settings(settings, np.asarray(metrics["needed"]))
+          step_fn = _compile_step(stage, cfg, graphdef, tx, settings, state, frozen,
+                                  batch_shardings)
+        step += 1
+        scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+        nonfinite_streak = nonfinite_streak + 1 if scalars["nonfinite"] else 0
+        if nonfinite_streak:
+          logging.warning("step %d: non-finite loss or gradients, update skipped (%d in a row)",
+                          step, nonfinite_streak)
+          if nonfinite_streak >= cfg.max_consecutive_nonfinite:
+            raise TrainingError(f"{nonfinite_streak} non-finite updates in a row at step {step}; "
+                                f"the last good checkpoint is step {last_saved or start}")
+        interval.append(scalars)
+        bar.update(1)
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}", l3d=f"{scalars.get('loss_3d', 0):.4f}")
+        if step % cfg.log_every == 0 or step == end:
+          seconds = (time.perf_counter() - interval_start) / len(interval)
+          means = {k: float(np.mean([s[k] for s in interval])) for k in interval[0]}
+          writer.write_scalars(step, {**means, "step_seconds": seconds,
+                                      "samples_per_second": cfg.data.batch_size / seconds,
+                                      "learning_rate": float(_learning_rate(cfg, step))})
+          interval, interval_start = [], time.perf_counter()
+        if eval_scenes and (step % cfg.eval_every == 0 or step == end):
+          eval_metrics, eval_settings = _evaluate(cfg, graphdef, state, frozen, eval_scenes,
+                                                  eval_settings, step, writer)
+          summary["eval"] = eval_metrics
+          interval_start = time.perf_counter()
+        if step % cfg.checkpoint_every == 0 or step == end or preemption.requested:
+          checkpoints.save(mngr, step, state, iterator.get_state(), cfg,
+                           components(graphdef, state, frozen))
+          last_saved = step
+          interval_start = time.perf_counter()
+        if preemption.requested:
+          break
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+    preemption.restore()
+  summary.update(end_step=step, preempted=preemption.requested)
+  return summary
+
+
+def _learning_rate(cfg, step: int) -> float:
+  warmup = max(cfg.optimizer.warmup_steps, 1)
+  return cfg.optimizer.learning_rate * min(1.0, step / warmup)
+
+
+def initial_eval(cfg, graphdef, state, frozen, scenes, settings):
+  """Evaluation of the state as it is (used for step 0 of a learning curve)."""
+  model = nnx.merge(graphdef, state.ema, frozen)
+  return evaluation.evaluate_3d(model, scenes, cfg, settings)
+
+
+def _evaluate(cfg, graphdef, state, frozen, scenes, settings, step, writer):
+  start = time.perf_counter()
+  metrics, strips, settings = initial_eval(cfg, graphdef, state, frozen, scenes, settings)
+  metrics = {f"eval/{k}": v for k, v in metrics.items()}
+  metrics["eval/seconds"] = time.perf_counter() - start
+  writer.write_scalars(step, metrics)
+  writer.write_images(step, {f"eval/scene{i}": s for i, s in enumerate(strips[:cfg.eval.saved_scenes])})
+  logging.info("step %d: %s", step, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+  return metrics, settings

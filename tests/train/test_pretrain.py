@@ -1,0 +1,117 @@
+"""The pre-training step: where gradients flow, the NaN/Inf guard, and the sharded step against the
+one-device step."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from flashworld_jax import sharding
+from flashworld_jax.data import pipeline
+from flashworld_jax.models.dit import dit_output_channels
+from flashworld_jax.train import loop, pretrain
+from flashworld_jax.train import state as state_lib
+
+
+def _setup(cfg, mesh):
+  tx = state_lib.make_optimizer(cfg.optimizer, cfg.num_steps)
+  with jax.set_mesh(mesh), sharding.rules():
+    model = state_lib.build_model(cfg, mesh)
+    graphdef, state, frozen = state_lib.create(model, pretrain.TRAINABLE, tx, cfg.seed, mesh)
+  return tx, graphdef, state, frozen
+
+
+def _batch(cfg):
+  dataset = pipeline.make_dataset(loop.sources(cfg), loop.sample_spec(cfg), cfg.data.batch_size,
+                                  cfg.seed, tokenize=loop.make_tokenize(cfg))
+  batch = next(pipeline.make_iterator(dataset, num_threads=1))
+  return {k: jnp.asarray(v) for k, v in batch.items() if k not in ("text", "clip_id")}
+
+
+def _loss_parts(cfg, graphdef, state, frozen, batch, key=jax.random.key(3)):
+  """d loss_3d / d params and d loss / d frozen, through the step's own functions."""
+  settings = loop.render_settings(cfg)
+  inputs = pretrain.encode_inputs(nnx.merge(graphdef, state.params, frozen), batch,
+                                  cfg.data.num_input_views, jax.random.key(1))
+
+  def part(params, frozen_state, name):
+    _, metrics = pretrain.pretrain_loss(params, frozen_state, graphdef, inputs, batch["view_mask"],
+                                        key, cfg=cfg, settings=settings)
+    return metrics[name]
+
+  grads_3d = jax.jit(jax.grad(functools.partial(part, name="loss_3d")))(state.params, frozen)
+  # Both arguments differentiated: NNX wants the DiT's and the encoders' variables on one trace.
+  _, frozen_grads = jax.jit(jax.grad(functools.partial(part, name="loss"), argnums=(0, 1)))(
+      state.params, frozen)
+  return grads_3d, frozen_grads
+
+
+def test_render_loss_reaches_the_feature_head_and_the_decoder_not_the_frozen_parts(tiny_config, mesh1):
+  cfg = tiny_config
+  # D_G's feature conv and its Gaussian head start at zero (REF), which stops every gradient to the
+  # trunk and the feature head at init: give them the values one update would.
+  cfg.pretrain.self_conditioning_prob = 0.0
+  _, graphdef, state, frozen = _setup(cfg, mesh1)
+  decoder = state.params["gaussian_decoder"]
+  for i, kernel in enumerate((decoder["extra_conv_in"]["kernel"], decoder["gs_head"]["gs_proj"]["kernel"])):
+    kernel[...] = jax.random.normal(jax.random.key(5 + i), kernel.shape) * 0.01
+  grads, frozen_grads = _loss_parts(cfg, graphdef, state, frozen, _batch(cfg))
+  # proj_out rows are (patch position, output channel): velocity channels first, then features.
+  proj_out = np.asarray(grads["dit"]["proj_out"]["kernel"][...])
+  channels = proj_out.reshape(proj_out.shape[0], 4, dit_output_channels(cfg.model.dit))
+  velocity_part = channels[..., :cfg.model.dit.latent_channels]
+  feature_part = channels[..., cfg.model.dit.latent_channels:]
+  assert np.abs(feature_part).max() > 0
+  assert np.abs(velocity_part).max() == 0          # x̂₀_MV enters D_G under stop-gradient
+  decoder = jax.tree.leaves(grads["gaussian_decoder"])
+  assert all(np.isfinite(g).all() for g in decoder)
+  assert sum(float(np.abs(g).max() > 0) for g in decoder) > 0.8 * len(decoder)
+  # The frozen VAE and text encoder are not trainable, and no gradient reaches their weights (the
+  # latent statistics, buffers that un-normalise D_G's input, are constants of the run).
+  assert set(state.params.keys()) == {"dit", "gaussian_decoder"}
+  frozen_weights = nnx.State(frozen_grads).filter(nnx.Param)
+  for name in ("vae", "text_encoder"):
+    leaves = jax.tree.leaves(frozen_weights[name])
+    assert leaves and all(float(np.abs(g).max()) == 0.0 for g in leaves), name
+
+
+def _run_step(cfg, mesh, batch):
+  tx, graphdef, state, frozen = _setup(cfg, mesh)
+  step = jax.jit(pretrain.make_step(cfg, graphdef, tx, loop.render_settings(cfg)))
+  with jax.set_mesh(mesh):
+    return step(state, frozen, loop.global_batch(batch, mesh)), state
+
+
+def test_nonfinite_update_is_skipped(tiny_config, mesh1):
+  cfg = tiny_config
+  dataset = pipeline.make_dataset(loop.sources(cfg), loop.sample_spec(cfg), 2, 0,
+                                  tokenize=loop.make_tokenize(cfg))
+  batch = next(pipeline.make_iterator(dataset, num_threads=1))
+  batch["cameras"] = batch["cameras"].copy()
+  batch["cameras"][0, 1, 4] = np.nan
+  (new_state, metrics), old_state = _run_step(cfg, mesh1, batch)
+  assert bool(metrics["nonfinite"]) and not bool(metrics["overflow"])
+  assert int(new_state.step) == 1
+  for old, new in zip(jax.tree.leaves(old_state.params), jax.tree.leaves(new_state.params)):
+    np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
+
+
+def test_sharded_step_equals_the_one_device_step(tiny_config, mesh1):
+  cfg = tiny_config
+  cfg.data.batch_size = 4
+  dataset = pipeline.make_dataset(loop.sources(cfg), loop.sample_spec(cfg), 4, 0,
+                                  tokenize=loop.make_tokenize(cfg))
+  batch = next(pipeline.make_iterator(dataset, num_threads=1))
+  (one, one_metrics), _ = _run_step(cfg, mesh1, batch)
+  mesh8 = sharding.make_mesh(data=2, fsdp=2, tensor=2, sequence=1)
+  (eight, eight_metrics), _ = _run_step(cfg, mesh8, batch)
+  np.testing.assert_allclose(float(eight_metrics["loss"]), float(one_metrics["loss"]), rtol=1e-5)
+  np.testing.assert_allclose(float(eight_metrics["grad_norm"]), float(one_metrics["grad_norm"]),
+                             rtol=1e-4)
+  worst = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+              for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)))
+  assert worst < 1e-5, worst
+  sharded = [x for x in jax.tree.leaves(eight.params) if not x.sharding.is_fully_replicated]
+  assert sharded, "no parameter is sharded on the 8-device mesh"
