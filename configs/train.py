@@ -71,7 +71,10 @@ def get_config(arg: str = "pretrain_tiny") -> ml_collections.ConfigDict:
     for section in (cfg.model.dit, cfg.model.text, cfg.model.vae, cfg.model.gaussian_decoder):
       section.dtype = "float32"
     cfg.model.text.max_length = 64
-    cfg.model.render.tile_capacity = 2048
+    # Untrained decoders stack many Gaussians into a few tiles; a capacity of the whole scene (the
+    # loop caps it there) never overflows, so the step compiles once.
+    cfg.model.render.tile_capacity = 1 << 20
+    cfg.model.render.isects_per_gaussian = 6.0
   else:
     cfg.model.dit.remat_policy = "save_attention"
     cfg.model.mesh.data, cfg.model.mesh.fsdp = 1, -1

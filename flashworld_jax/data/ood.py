@@ -15,6 +15,7 @@ import numpy as np
 from flashworld_jax.data import clips as clips_lib
 from flashworld_jax.data import sampling
 from flashworld_jax.data.sampling import SampleSpec
+from flashworld_jax.data.sources import single_images
 from flashworld_jax.geometry import trajectories
 
 _TEMPLATE_STRIDE = 3          # template paths are drawn densely; inputs every 3rd, novel between
@@ -32,6 +33,20 @@ class OODSources:
       raise ValueError("OODSources needs single images or prompts (both are empty)")
     if not 0.0 <= self.p_template_trajectory <= 1.0:
       raise ValueError(f"p_template_trajectory must be in [0, 1], got {self.p_template_trajectory}")
+
+
+def load_sources(images_dir: str | None = None, prompts: str | None = None,
+                 image_captions: str | None = None, p_template_trajectory: float = 0.5,
+                 skip_bad_images: bool = False) -> OODSources:
+  """OODSources from an image folder (captions from same-stem .txt files or a JSONL side file) and a
+  prompt file or folder of them (`data.sources.single_images`)."""
+  images = []
+  if images_dir:
+    report = single_images.read_image_folder(images_dir, captions=image_captions,
+                                             skip_bad_images=skip_bad_images)
+    images = [(record.path, record.caption) for record in report.images]
+  texts = [record.text for record in single_images.read_prompts(prompts)] if prompts else []
+  return OODSources(images=images, prompts=texts, p_template_trajectory=p_template_trajectory)
 
 
 def _template_cameras(spec: SampleSpec, rng: np.random.Generator) -> np.ndarray:

@@ -44,11 +44,12 @@ def _constructors(cfg: ml_collections.ConfigDict, seed: int):
 
 def build_flashworld(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                      checkpoint_dir: str | None = None, seed: int = 0,
-                     fold_lr_multipliers: bool = True) -> tuple[FlashWorld, tuple[str, ...]]:
+                     for_training: bool = False) -> tuple[FlashWorld, tuple[str, ...]]:
   """Builds every component under `mesh`; returns the model and the names that are random.
 
-  Components found in `checkpoint_dir` are restored without being initialised first. The Gaussian
-  head's learning-rate multipliers are folded for inference (fp32) unless a trainer asks otherwise.
+  Components found in `checkpoint_dir` are restored without being initialised first. For inference
+  the Gaussian head's learning-rate multipliers are folded (fp32) and random components draw a loud
+  warning; a trainer keeps the multipliers (they act under Adam) and starts from random on purpose.
   """
   present = checkpoint.available_components(checkpoint_dir) if checkpoint_dir else set()
   parts, random = {}, []
@@ -59,9 +60,11 @@ def build_flashworld(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       else:
         parts[name] = create()
         random.append(name)
-    if fold_lr_multipliers:
+    if not for_training:
       parts["gaussian_decoder"].fold_lr_multipliers()
-  if random:
+  if random and for_training:
+    logging.info("initialised randomly: %s", ", ".join(random))
+  elif random:
     logging.warning(
         "\n%s\nRANDOM WEIGHTS for %s: %s. The generated scene is NOISE, useful only to exercise the "
         "pipeline. Convert the released weights with `python -m flashworld_jax.convert` and pass "

@@ -91,8 +91,11 @@ def render_settings(cfg: ml_collections.ConfigDict) -> sampler.RenderSettings:
   """Per-view render capacity of the training renders (one view of one scene at a time)."""
   d, g = cfg.data, cfg.model.gaussian_decoder
   num_gaussians = d.num_input_views * g.gaussians_per_pixel * (d.height // 2) * (d.width // 2)
-  return sampler.RenderSettings(d.height, d.width, sampler.initial_capacity(cfg.model, num_gaussians),
-                                near_plane=cfg.model.render.near_plane,
+  capacity = sampler.initial_capacity(cfg.model, num_gaussians)
+  # No tile can list more Gaussians than the scene has: small scenes never outgrow that capacity.
+  capacity = capacity._replace(tile_capacity=min(capacity.tile_capacity,
+                                                 -(-num_gaussians // 128) * 128))
+  return sampler.RenderSettings(d.height, d.width, capacity, near_plane=cfg.model.render.near_plane,
                                 far_plane=cfg.model.render.far_plane, backend=cfg.model.render.backend)
 
 

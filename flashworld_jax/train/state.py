@@ -47,7 +47,7 @@ def build_model(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Flas
   """The model for training: from `cfg.init_checkpoint` where it has components, else random; the
   Gaussian head's learning-rate multipliers stay unfolded (they act under Adam)."""
   model, _ = build_flashworld(cfg.model, mesh, cfg.init_checkpoint or None, seed=cfg.seed,
-                              fold_lr_multipliers=False)
+                              for_training=True)
   return model
 
 

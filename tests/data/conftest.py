@@ -52,7 +52,20 @@ def make_scene_clip(num_frames: int = 6, seed: int = 0) -> Clip:
   return Clip("scene", frames, np.stack(cameras), pose_file="<memory>")
 
 
-@pytest.fixture
-def scene_clip() -> Clip:
-  """The scene every layout test writes and reads back (one place to swap in a synthetic scene)."""
-  return make_scene_clip()
+@pytest.fixture(scope="session")
+def synthetic_clip() -> Clip:
+  """A synthetic scene of ours (float64 cameras of its trajectory, frames rendered by our rasterizer)."""
+  from flashworld_jax.data import scene_cameras, scene_gaussians, scene_graph, synthetic
+  scene = scene_graph.sample_scene(synthetic.scene_seed("test", 0), max_objects=3)
+  _, cameras = scene_cameras.sample_trajectory(np.random.default_rng(0), scene, 6, HEIGHT, WIDTH,
+                                               "random")
+  frames, _ = synthetic.SceneRenderer(HEIGHT, WIDTH)(scene_gaussians.scene_gaussians(scene),
+                                                     cameras, scene.background)
+  return Clip("scene", frames, cameras, pose_file="<memory>", caption=scene_graph.caption(scene))
+
+
+@pytest.fixture(params=["synthetic", "rolled"])
+def scene_clip(request, synthetic_clip) -> Clip:
+  """The scene every layout test writes and reads back: a synthetic scene of ours, and random
+  look-at cameras with rolls and per-frame intrinsics (conventions a synthetic path never shows)."""
+  return synthetic_clip if request.param == "synthetic" else make_scene_clip()

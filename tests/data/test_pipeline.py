@@ -205,3 +205,17 @@ def test_ood_samples_mix_in_with_the_same_shapes(dataset_dir, tmp_path):
         assert b["condition_index"][j] == -1 and not b["view_mask"][j].any()
         assert b["text"][j] == "[Static] a red cone"
       np.testing.assert_allclose(b["cameras"][j, 0, :7], [1, 0, 0, 0, 0, 0, 0], atol=1e-6)
+
+
+def test_ood_sources_load_from_an_image_folder_and_a_prompt_file(tmp_path):
+  (tmp_path / "images").mkdir()
+  for name in ("a.png", "b.png"):
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / name)
+  (tmp_path / "images" / "a.txt").write_text("a dark room\n")
+  (tmp_path / "prompts.txt").write_text("# a comment\na red cone\n\na blue box\n")
+  sources = ood.load_sources(str(tmp_path / "images"), str(tmp_path / "prompts.txt"))
+  assert sorted((os.path.basename(p), c) for p, c in sources.images) == [("a.png", "a dark room"),
+                                                                         ("b.png", None)]
+  assert list(sources.prompts) == ["a red cone", "a blue box"]
+  with pytest.raises(ValueError, match="both are empty"):
+    ood.OODSources()

@@ -43,6 +43,12 @@ def tiny_train_config(train_dir: str, eval_dir: str = ""):
   return cfg
 
 
+@pytest.fixture(scope="session")
+def make_tiny_config(tiny_data):
+  """A fresh tiny pre-training config on the tiny data (usable from module-scoped fixtures)."""
+  return lambda: tiny_train_config(*tiny_data)
+
+
 @pytest.fixture
-def tiny_config(tiny_data):
-  return tiny_train_config(*tiny_data)
+def tiny_config(make_tiny_config):
+  return make_tiny_config()

@@ -1,0 +1,111 @@
+"""The training loop: exact resume across a stop, the NaN/Inf stop with the last good checkpoint
+intact, SIGTERM saves, metrics files, and a trainer checkpoint that `generate` turns into a scene."""
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from flashworld_jax.train import checkpoints, loop, metric_writer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _saved_state(workdir: str, step: int) -> dict:
+  with ocp.CheckpointManager(checkpoints.directory(workdir)) as mngr:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        **{checkpoints.STATE: ocp.args.StandardRestore()}))
+  return restored[checkpoints.STATE]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(make_tiny_config, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+  summary = loop.run(make_tiny_config(), workdir)
+  return workdir, summary
+
+
+def test_killed_run_resumes_bitwise(uninterrupted, tiny_config, tmp_path):
+  workdir, summary = uninterrupted
+  assert summary["end_step"] == 4 and "eval" in summary and "eval_initial" in summary
+  resumed_dir = str(tmp_path)
+  first = loop.run(tiny_config, resumed_dir, max_steps=2)       # stops after step 2 (checkpoint)
+  assert first["end_step"] == 2
+  second = loop.run(tiny_config, resumed_dir)                  # a new process would do the same
+  assert second["start_step"] == 2 and second["end_step"] == 4
+  expected, got = _saved_state(workdir, 4), _saved_state(resumed_dir, 4)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The metrics of the resumed run continue the first one's rows, step by step.
+  steps = [row["step"] for row in metric_writer.read_metrics(resumed_dir) if "loss" in row]
+  assert steps == [1, 2, 3, 4]
+
+
+def test_run_writes_config_metrics_and_tensorboard(uninterrupted):
+  workdir, _ = uninterrupted
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  rows = metric_writer.read_metrics(workdir)
+  assert {"loss", "loss_mv", "loss_3d", "step_seconds", "samples_per_second"} <= set(rows[1])
+  assert any("eval/psnr_novel" in row for row in rows)
+  scalars = metric_writer.read_tensorboard_scalars(os.path.join(workdir, "tensorboard"))
+  assert [s for s, _ in scalars["loss"]] == [1, 2, 3, 4]
+  assert os.path.exists(os.path.join(workdir, "images", "4", "eval_scene0.png"))
+
+
+def test_repeated_nonfinite_updates_stop_the_run_and_keep_the_last_good_checkpoint(
+    tiny_config, tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  loop.run(tiny_config, workdir, max_steps=2)
+  good = _saved_state(workdir, 2)
+  real = loop.global_batch
+
+  def poisoned(batch, mesh):
+    batch = dict(batch, cameras=np.full_like(batch["cameras"], np.nan))
+    return real(batch, mesh)
+
+  monkeypatch.setattr(loop, "global_batch", poisoned)
+  tiny_config.max_consecutive_nonfinite = 2
+  with pytest.raises(loop.TrainingError, match="2 non-finite updates in a row at step 4; the last "
+                                               "good checkpoint is step 2"):
+    loop.run(tiny_config, workdir)
+  with ocp.CheckpointManager(checkpoints.directory(workdir)) as mngr:
+    assert mngr.all_steps() == [2]
+  for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(_saved_state(workdir, 2))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sigterm_saves_and_exits_between_steps(tiny_config, tmp_path, monkeypatch):
+  tiny_config.checkpoint_every = 100
+  real = loop.global_batch
+  calls = []
+
+  def preempt_on_second_batch(batch, mesh):
+    calls.append(1)
+    if len(calls) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real(batch, mesh)
+
+  monkeypatch.setattr(loop, "global_batch", preempt_on_second_batch)
+  summary = loop.run(tiny_config, str(tmp_path))
+  assert summary["preempted"] and summary["end_step"] == 2
+  with ocp.CheckpointManager(checkpoints.directory(str(tmp_path))) as mngr:
+    assert mngr.all_steps() == [2]
+
+
+def test_trainer_checkpoint_generates_a_scene(uninterrupted, tmp_path):
+  workdir, _ = uninterrupted
+  out = tmp_path / "scenes"
+  result = subprocess.run(
+      [sys.executable, "-m", "flashworld_jax.generate", "--config=configs/flashworld.py:tiny",
+       f"--checkpoint={checkpoints.directory(workdir)}", "--text=a red box", "--num_views=4",
+       "--resolution=32,64", "--video=false", f"--output_dir={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "RANDOM WEIGHTS" not in result.stderr
+  (scene,) = os.listdir(out)
+  assert {"gaussians.ply", "gaussians.spz", "request.json"} <= set(os.listdir(out / scene))
