@@ -31,6 +31,9 @@ def _dit(variant):
   # fp32, what parity with torch needs).
   c.matmul_precision = "default"
   c.attention = "auto"            # "auto" | "xla" | "cudnn" | "splash"
+  # "none" | "all_to_all": self-attention split over mesh.sequence by an all-to-all over heads
+  # (kernels/attention/sequence_parallel.py); needs num_heads / mesh.tensor divisible by it.
+  c.sequence_parallel = "none"
   c.scan_layers = True
   c.remat_policy = "none"         # "none" | "full" | "save_attention" | "save_dots"
   if variant == "5b":

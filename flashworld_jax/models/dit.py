@@ -18,6 +18,7 @@ from flashworld_jax import sharding
 from flashworld_jax.models import dit_layers as layers
 from flashworld_jax.models import precision
 from kernels.attention import IMPLEMENTATIONS
+from kernels.attention import sequence_parallel
 
 _F32 = jnp.float32
 _PATCH = (1, 2, 2)
@@ -104,6 +105,10 @@ def dims_from_config(cfg: ml_collections.ConfigDict) -> layers.DiTDims:
     raise ValueError(f"dit.patch_size={tuple(cfg.patch_size)}: only {_PATCH} is supported")
   if cfg.attention not in IMPLEMENTATIONS:
     raise ValueError(f"dit.attention={cfg.attention!r}: expected one of {IMPLEMENTATIONS}")
+  # .get: model configs saved with older checkpoints have no sequence_parallel field.
+  if cfg.get("sequence_parallel", "none") not in sequence_parallel.MODES:
+    raise ValueError(f"dit.sequence_parallel={cfg.sequence_parallel!r}: expected one of "
+                     f"{sequence_parallel.MODES}")
   if cfg.remat_policy not in _REMAT_POLICIES:
     raise ValueError(f"dit.remat_policy={cfg.remat_policy!r}: expected one of {_REMAT_POLICIES}")
   if cfg.head_dim % 2 or cfg.freq_dim % 2:
@@ -113,7 +118,8 @@ def dims_from_config(cfg: ml_collections.ConfigDict) -> layers.DiTDims:
       ffn_dim=cfg.ffn_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, eps=cfg.eps,
       rope_theta=cfg.rope_theta, rope_max_seq_len=cfg.rope_max_seq_len,
       dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), attention=cfg.attention,
-      matmul_precision=precision.check(cfg.matmul_precision, "dit.matmul_precision"))
+      matmul_precision=precision.check(cfg.matmul_precision, "dit.matmul_precision"),
+      sequence_parallel=cfg.get("sequence_parallel", "none"))
 
 
 class ConditionEmbedder(nnx.Module):

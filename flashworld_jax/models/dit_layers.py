@@ -18,6 +18,7 @@ from jax.ad_checkpoint import checkpoint_name
 from flashworld_jax import sharding
 from flashworld_jax.models import precision
 from kernels import attention
+from kernels.attention import sequence_parallel
 
 _F32 = jnp.float32
 _ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
@@ -39,6 +40,7 @@ class DiTDims:
   param_dtype: jnp.dtype
   attention: str
   matmul_precision: str
+  sequence_parallel: str = "none"     # "all_to_all": self-attention split over mesh.sequence
 
 
 def dense(in_features: int, out_features: int, names: tuple[str, str], dims: DiTDims, *,
@@ -138,10 +140,12 @@ def cross_attention_implementation(name: str) -> str | tuple[str, ...]:
 class Attention(nnx.Module):
   """Multi-head attention with RMSNorm on q and k across all heads; self- or cross-attention."""
 
-  def __init__(self, dims: DiTDims, implementation: str | tuple[str, ...], *, rngs: nnx.Rngs):
+  def __init__(self, dims: DiTDims, implementation: str | tuple[str, ...], *,
+               sequence_parallel: str = "none", rngs: nnx.Rngs):
     inner = dims.num_heads * dims.head_dim
     self.num_heads, self.head_dim = dims.num_heads, dims.head_dim
     self.implementation = implementation
+    self.sequence_parallel = sequence_parallel
     self.matmul_precision = dims.matmul_precision
     self.to_q = dense(dims.width, inner, ("embed", "heads"), dims, rngs=rngs)
     self.to_k = dense(dims.width, inner, ("embed", "heads"), dims, rngs=rngs)
@@ -164,9 +168,10 @@ class Attention(nnx.Module):
     v = self._heads(self.to_v(source), kv_length)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    attend = (sequence_parallel.dot_product_attention if self.sequence_parallel == "all_to_all"
+              else attention.dot_product_attention)
     with precision.attention_scope(self.matmul_precision):
-      out = attention.dot_product_attention(q.astype(dtype), k.astype(dtype), v,
-                                            implementation=self.implementation)
+      out = attend(q.astype(dtype), k.astype(dtype), v, implementation=self.implementation)
     out = checkpoint_name(out.reshape(*out.shape[:2], -1), "attention")
     return self.to_out(out)
 
@@ -204,7 +209,8 @@ class Block(nnx.Module):
 
   def __init__(self, dims: DiTDims, *, rngs: nnx.Rngs):
     self.eps = dims.eps
-    self.attn1 = Attention(dims, dims.attention, rngs=rngs)
+    self.attn1 = Attention(dims, dims.attention, sequence_parallel=dims.sequence_parallel,
+                           rngs=rngs)
     self.attn2 = Attention(dims, cross_attention_implementation(dims.attention), rngs=rngs)
     self.norm2 = AffineLayerNorm(dims.width, dims)
     self.ffn = MLP(dims.width, dims.ffn_dim, dims.width, "gelu_tanh", dims, in_name="embed",

@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from flashworld_jax.data.clips import DataError
-from flashworld_jax.train import loop
+from flashworld_jax.train import distributed, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/train.py:pretrain_tiny",
                                           "Training config.")
@@ -21,6 +21,11 @@ _INIT_CHECKPOINT = flags.DEFINE_string(
     "init_checkpoint", None, "Start from this checkpoint's model components (converted weights or "
     "an earlier stage's checkpoints folder).")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Stop after this many steps of this call.")
+# Hand-started multi-process runs only: jax detects TPU pods and SLURM jobs by itself.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0's coordinator (multi-process runs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 ... n-1.")
 
 
 def main(argv):
@@ -29,6 +34,8 @@ def main(argv):
   if not _WORKDIR.value:
     print("error: --workdir is required", file=sys.stderr)
     sys.exit(1)
+  # Before anything touches a device: joining the other processes must precede backend start-up.
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   # Orbax and the checkpoint machinery log every file at INFO; -v / --verbosity=0 shows them again.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
