@@ -41,7 +41,7 @@ test-all: $(STAMPS)/test
 	$(PY) -m pytest -m ""
 
 bench: $(STAMPS)/test
-	for b in rasterizer denoiser vae text_encoder; do $(PY) -m bench.$$b || exit 1; done
+	for b in rasterizer denoiser vae text_encoder data train; do $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache $(OUTPUT_DIR)

@@ -19,6 +19,7 @@ import json
 import os
 import resource
 import statistics
+import tempfile
 import time
 
 import jax
@@ -26,21 +27,26 @@ import numpy as np
 
 from configs import train as train_configs
 from flashworld_jax import sharding
-from flashworld_jax.data import pipeline
+from flashworld_jax.data import pipeline, records, synthetic
 from flashworld_jax.train import aot, loop, pretrain
-from flashworld_jax.train import state as state_lib
+
+
+def _synthetic_set(data_dir: str, num_scenes: int = 8) -> str:
+  """A small synthetic training set at the tiny shapes (when no built one is given)."""
+  renderer = synthetic.SceneRenderer(64, 96)
+  make = lambda i: [{**synthetic.make_scene_example("train", i, 16, renderer),  # noqa: E731
+                     "source": "synthetic", "has_caption": True}]
+  records.build_split(data_dir, "synthetic", "train", num_scenes, 8, make, records.SYNTHETIC,
+                      {"bench": num_scenes}, "bench.train")
+  return data_dir
 
 
 def bench_tiny(data_dir: str, steps: int) -> dict:
   cfg = train_configs.get_config("pretrain_tiny")
   cfg.data.train_dir = data_dir
   mesh = sharding.single_device_mesh()
-  tx = state_lib.make_optimizer(cfg.optimizer, cfg.num_steps)
-  with jax.set_mesh(mesh), sharding.rules():
-    model = state_lib.build_model(cfg, mesh)
-    graphdef, state, frozen = state_lib.create(model, pretrain.TRAINABLE, tx, cfg.seed, mesh)
-  step = jax.jit(pretrain.make_step(cfg, graphdef, tx, loop.render_settings(cfg)),
-                 donate_argnums=0)
+  graphdef, state, frozen = pretrain.build(cfg, mesh)
+  step = jax.jit(pretrain.make_step(cfg, graphdef, loop.render_settings(cfg)), donate_argnums=0)
   dataset = pipeline.make_dataset(loop.sources(cfg), loop.sample_spec(cfg), cfg.data.batch_size,
                                   cfg.seed, tokenize=loop.make_tokenize(cfg))
   iterator = pipeline.make_iterator(dataset)
@@ -85,12 +91,17 @@ def bench_5b_aot() -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--data_dir", default="data/synthetic-train")
+  parser.add_argument("--data_dir", default="data/synthetic-train",
+                      help="a built synthetic set; a small one is built in a temporary folder if absent")
   parser.add_argument("--skip_5b", action="store_true")
   args = parser.parse_args()
   result = {"benchmark": "training step", "backend": jax.default_backend(),
             "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()}
-  result["pretrain_tiny"] = bench_tiny(args.data_dir, args.steps)
+  with tempfile.TemporaryDirectory() as scratch:
+    data_dir = args.data_dir
+    if not os.path.exists(os.path.join(data_dir, "dataset_info.json")):
+      data_dir = _synthetic_set(scratch)
+    result["pretrain_tiny"] = bench_tiny(data_dir, args.steps)
   if not args.skip_5b:
     result["pretrain_5b_aot"] = bench_5b_aot()
   result["loadavg_end"] = os.getloadavg()

@@ -8,7 +8,7 @@ import ml_collections
 
 from configs import flashworld
 
-VARIANTS = ("pretrain_tiny", "pretrain_5b")
+VARIANTS = ("pretrain_tiny", "pretrain_5b", "distill_tiny", "distill_5b")
 
 
 def _data(size: str) -> ml_collections.ConfigDict:
@@ -57,6 +57,32 @@ def _pretrain() -> ml_collections.ConfigDict:
   return c
 
 
+def _distill(size: str) -> ml_collections.ConfigDict:
+  """Spec §13.3's table of defaults (tiny: faster rates for a CPU run)."""
+  c = ml_collections.ConfigDict()
+  c.fake_updates_per_generator = 5
+  c.guidance_scale = 5.0
+  c.dmd_u_range = (0.02, 0.98)       # DMD's σ: the shifted density over this range of u
+  c.gan_generator_weight = 0.03
+  c.discriminator_weight = 1e-2
+  c.r1_weight = 100.0
+  c.r1_sigma = 0.01
+  c.cmc_weight = 0.1
+  c.cmc_mv_every = 5                 # CMC's gradient reaches the MV head every 5th generator update
+  c.gan_layers = (0, 1) if size == "tiny" else (15, 22, 29)
+  c.gan_channels = 16 if size == "tiny" else 256
+  c.ood_weight = 1.0 / 3.0           # MV : OOD = 2 : 1 (spec §13.4)
+  c.ood_images_dir = ""             # single images (captions: same-stem .txt or the JSONL below)
+  c.ood_image_captions = ""
+  c.ood_prompts = ""                # a prompt file or folder, one prompt per line
+  # Without collections: a built multi-view split's middle frames as images and captions as prompts.
+  c.ood_from_dataset = "data/synthetic-train:train" if size == "tiny" else ""
+  c.p_template_trajectory = 0.5
+  c.fake_optimizer = _optimizer(size)
+  c.fake_optimizer.grad_clip_norm = 10.0
+  return c
+
+
 def get_config(arg: str = "pretrain_tiny") -> ml_collections.ConfigDict:
   variant = arg or "pretrain_tiny"
   if variant not in VARIANTS:
@@ -71,16 +97,21 @@ def get_config(arg: str = "pretrain_tiny") -> ml_collections.ConfigDict:
     for section in (cfg.model.dit, cfg.model.text, cfg.model.vae, cfg.model.gaussian_decoder):
       section.dtype = "float32"
     cfg.model.text.max_length = 64
-    # Untrained decoders stack many Gaussians into a few tiles; a capacity of the whole scene (the
-    # loop caps it there) never overflows, so the step compiles once.
+    # Untrained decoders stack many Gaussians into a few tiles and training grows their footprints
+    # (9+ tiles each after 60 steps): capacities this size (the tile one capped at the scene by the
+    # loop) keep the step from regrowing and recompiling; unused slots cost only their sort share.
     cfg.model.render.tile_capacity = 1 << 20
-    cfg.model.render.isects_per_gaussian = 6.0
+    cfg.model.render.isects_per_gaussian = 16.0
   else:
     cfg.model.dit.remat_policy = "save_attention"
     cfg.model.mesh.data, cfg.model.mesh.fsdp = 1, -1
   cfg.data = _data(size)
   cfg.optimizer = _optimizer(size)
   cfg.pretrain = _pretrain()
+  if stage == "distill":
+    cfg.distill = _distill(size)
+    cfg.optimizer.grad_clip_norm = 10.0
+    cfg.optimizer.warmup_steps = 0
   cfg.init_checkpoint = ""         # a converted or earlier-stage checkpoint (components layout)
   cfg.ema_decay = 0.999 if size == "5b" else 0.99
   cfg.accumulation_steps = 1

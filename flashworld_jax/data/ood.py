@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from flashworld_jax.data import clips as clips_lib
-from flashworld_jax.data import sampling
+from flashworld_jax.data import records, sampling
 from flashworld_jax.data.sampling import SampleSpec
 from flashworld_jax.data.sources import single_images
 from flashworld_jax.geometry import trajectories
@@ -23,8 +23,9 @@ _TEMPLATE_STRIDE = 3          # template paths are drawn densely; inputs every 3
 
 @dataclasses.dataclass(frozen=True)
 class OODSources:
-  """Single images (path, optional caption) and prompts; either may be empty, not both."""
-  images: Sequence[tuple[str, str | None]] = ()
+  """Single images (a path or a uint8 [H, W, 3] array, optional caption) and prompts; either may be
+  empty, not both."""
+  images: Sequence[tuple[str | np.ndarray, str | None]] = ()
   prompts: Sequence[str] = ()
   p_template_trajectory: float = 0.5
 
@@ -47,6 +48,20 @@ def load_sources(images_dir: str | None = None, prompts: str | None = None,
     images = [(record.path, record.caption) for record in report.images]
   texts = [record.text for record in single_images.read_prompts(prompts)] if prompts else []
   return OODSources(images=images, prompts=texts, p_template_trajectory=p_template_trajectory)
+
+
+def from_multiview(data_dir: str, split: str, p_template_trajectory: float = 0.5) -> OODSources:
+  """Every clip's middle frame as a single image with its caption, and the captions as prompts: the
+  OOD set of a run without image or prompt collections (e.g. the synthetic scenes)."""
+  data = records.open_split(data_dir, split)
+  images, prompts = [], []
+  for i in range(len(data)):
+    record = data[i]
+    caption = record["caption"].decode("utf-8") if record["has_caption"] else None
+    images.append((np.asarray(record["images"][len(record["images"]) // 2]), caption))
+    if caption:
+      prompts.append(caption)
+  return OODSources(images=images, prompts=prompts, p_template_trajectory=p_template_trajectory)
 
 
 def _template_cameras(spec: SampleSpec, rng: np.random.Generator) -> np.ndarray:
@@ -84,7 +99,7 @@ def ood_sample(sources: OODSources, trajectory_records, spec: SampleSpec,
   if with_image:
     path, caption = sources.images[int(rng.integers(len(sources.images)))]
     index = int(rng.integers(spec.num_input_views))
-    frame = clips_lib.read_image(path)[None]
+    frame = (clips_lib.read_image(path) if isinstance(path, str) else path)[None]
     images[index] = clips_lib.crop_resize_frames(frame, np.zeros((1, 11)), spec.height,
                                                  spec.width)[0][0]
     view_mask[index] = True

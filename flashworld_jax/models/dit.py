@@ -16,7 +16,7 @@ from flax import nnx
 
 from flashworld_jax import sharding
 from flashworld_jax.models import dit_layers as layers
-from flashworld_jax.models import precision
+from flashworld_jax.models import precision, stacked
 from kernels.attention import IMPLEMENTATIONS
 from kernels.attention import sequence_parallel
 
@@ -193,24 +193,30 @@ class WanDiT(nnx.Module):
                        f"{context.shape}")
     return views, height // 2, width // 2
 
-  def _run_blocks(self, x, context, mod, rope):
+  def _run_blocks(self, x, context, mod, rope, keep_outputs: bool):
     def body(block, x):
       return block(x, context, mod, rope)
 
-    if self.remat_policy != "none":
-      body = nnx.remat(body, policy=_remat_policy(self.remat_policy),
-                       prevent_cse=not self.scan_layers)
+    remat = self.remat_policy != "none"
+    policy = _remat_policy(self.remat_policy) if remat else None
     if self.scan_layers:
-      scan = nnx.scan(body, in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
-                      transform_metadata={nnx.PARTITION_NAME: "layers"})
-      return scan(self.blocks, x)
+      return stacked.scan_blocks(self.blocks, x, body, remat_policy=policy, remat=remat,
+                                 keep_outputs=keep_outputs)
+    if remat:
+      body = nnx.remat(body, policy=policy)
+    outputs = []
     for block in self.blocks:
       x = body(block, x)
-    return x
+      outputs.append(x)
+    return (x, jnp.stack(outputs)) if keep_outputs else x
 
-  def __call__(self, x: jax.Array, timestep: jax.Array, context: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, timestep: jax.Array, context: jax.Array,
+               hidden_layers: tuple[int, ...] = ()):
     """x [B, V, h, w, C_in]; timestep [B] or [B, V·h/2·w/2] (raw, in [0, 1000]); context
-    [B, L_txt, text_dim] → [B, V, h, w, C_out] in fp32."""
+    [B, L_txt, text_dim] → [B, V, h, w, C_out] in fp32.
+
+    With `hidden_layers` (block indices) also returns those blocks' output tokens
+    [len(hidden_layers), B, V·h/2·w/2, width] (the distillation discriminator's features)."""
     grid = self._check_inputs(x, timestep, context)
     batch, dtype = x.shape[0], self.dims.dtype
     tokens = _patchify(x.astype(dtype))
@@ -219,10 +225,14 @@ class WanDiT(nnx.Module):
     temb, mod, context = self.condition_embedder(per_token_t, context, dtype)
     context = sharding.constrain(context, ("act_batch", "act_kv_length", "act_embed"))
     rope = layers.rope_tables(grid, self.dims)
-    tokens = self._run_blocks(tokens, context, mod, rope)
+    tokens = self._run_blocks(tokens, context, mod, rope, keep_outputs=bool(hidden_layers))
+    if hidden_layers:
+      tokens, every_block = tokens
+      hidden = every_block[jnp.asarray(hidden_layers)]
     shift, scale = layers.modulation_rows(self.scale_shift_table[...], temb[:, :, None])
     tokens = (layers.layer_norm(tokens, self.dims.eps) * (1 + scale) + shift).astype(dtype)
-    return _unpatchify(self.proj_out(tokens), grid, self.out_channels)
+    out = _unpatchify(self.proj_out(tokens), grid, self.out_channels)
+    return (out, hidden) if hidden_layers else out
 
 
 def param_count(cfg: ml_collections.ConfigDict) -> int:

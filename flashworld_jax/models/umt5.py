@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from flashworld_jax import sharding
-from flashworld_jax.models import precision
+from flashworld_jax.models import precision, stacked
 
 
 def relative_position_buckets(query_length: int, key_length: int, num_buckets: int,
@@ -164,12 +164,7 @@ class UMT5Encoder(nnx.Module):
     x = self.token_embedding(input_ids).astype(jnp.float32)
     x = sharding.constrain(x, ("act_batch", "act_length", "act_embed"))
 
-    @nnx.scan(in_axes=(nnx.Carry, 0, None, None), out_axes=nnx.Carry,
-              transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def run_blocks(x, block, buckets, key_mask):
-      return block(x, buckets, key_mask)
-
-    x = run_blocks(x, self.blocks, buckets, key_mask)
+    x = stacked.scan_blocks(self.blocks, x, lambda block, x: block(x, buckets, key_mask))
     return self.final_norm(x)
 
 

@@ -9,45 +9,88 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from flashworld_jax import sharding
+from flashworld_jax.models.dit import WanDiT
 from flashworld_jax.models.flashworld import FlashWorld, _constructors
-from flashworld_jax.train import loop
+from flashworld_jax.models.gan_head import GANHead
+from flashworld_jax.train import distill, loop, pretrain
 from flashworld_jax.train import state as state_lib
 
 
 def abstract_batch(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
-  """The pipeline's global batch as ShapeDtypeStructs split over the mesh's batch axes."""
+  """The pipeline's global batch (with the stage's constants) as ShapeDtypeStructs split over the
+  mesh's batch axes."""
   d = cfg.data
-  b, v = d.batch_size, d.num_input_views + d.num_novel_views
+  b, v, length = d.batch_size, d.num_input_views + d.num_novel_views, cfg.model.text.max_length
   spec = NamedSharding(mesh, P(("data", "fsdp")))
   shapes = {"images": ((b, v, d.height, d.width, 3), jnp.uint8),
             "cameras": ((b, v, 11), jnp.float32), "view_mask": ((b, v), jnp.bool_),
             "condition_index": ((b,), jnp.int32), "s_norm": ((b,), jnp.float32),
-            "kind": ((b,), jnp.int32), "token_ids": ((b, cfg.model.text.max_length), jnp.int32),
-            "token_mask": ((b, cfg.model.text.max_length), jnp.int32)}
+            "kind": ((b,), jnp.int32), "token_ids": ((b, length), jnp.int32),
+            "token_mask": ((b, length), jnp.int32)}
+  if cfg.stage == "distill":
+    shapes.update(uncond_token_ids=((b, length), jnp.int32), uncond_token_mask=((b, length), jnp.int32))
   return {k: jax.ShapeDtypeStruct(s, dt, sharding=spec) for k, (s, dt) in shapes.items()}
 
 
-def abstract_state(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, trainable,
-                   tx: optax.GradientTransformation):
-  """(graphdef, abstract TrainState, abstract frozen state), each leaf with its target sharding."""
+def _flashworld(cfg):
+  return FlashWorld(**{name: make() for name, make in _constructors(cfg.model, 0).items()})
+
+
+def _abstract_split(make_module, filters, mesh):
+  """(graphdef, abstract states per filter and the rest), each leaf with its target sharding."""
   with jax.set_mesh(mesh), sharding.rules():
-    abstract_model = nnx.eval_shape(
-        lambda: FlashWorld(**{name: make() for name, make in _constructors(cfg.model, 0).items()}))
-    graphdef, params, frozen = nnx.split(abstract_model, state_lib.trainable(trainable), ...)
-    opt_state = jax.eval_shape(tx.init, params)
-  with_sharding = lambda tree: jax.tree.map(_with_named_sharding(mesh), tree)  # noqa: E731
-  replicated = NamedSharding(mesh, P())
-  scalar = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)  # noqa: E731
-  key_shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
-  state = state_lib.TrainState(step=scalar((), jnp.int32), params=with_sharding(params),
-                               opt_state=with_sharding(opt_state), ema=with_sharding(params),
-                               rng=scalar(key_shape.shape, key_shape.dtype))
-  return graphdef, state, with_sharding(frozen)
+    graphdef, *states = nnx.split(nnx.eval_shape(make_module), *filters, ...)
+  return graphdef, [jax.tree.map(_with_named_sharding(mesh), s) for s in states]
+
+
+def _optimizer_state(tx, params, mesh):
+  with jax.set_mesh(mesh):
+    return jax.tree.map(_with_named_sharding(mesh), jax.eval_shape(tx.init, params))
+
+
+def _replicated(mesh, shape, dtype):
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P()))
+
+
+def _key_data(mesh):
+  key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+  return _replicated(mesh, key.shape, key.dtype)
+
+
+def _pretrain_state(cfg, mesh):
+  tx = state_lib.make_optimizer(cfg.optimizer, cfg.num_steps)
+  graphdef, (params, frozen) = _abstract_split(lambda: _flashworld(cfg),
+                                               (state_lib.trainable(pretrain.TRAINABLE),), mesh)
+  state = state_lib.TrainState(step=_replicated(mesh, (), jnp.int32), params=params,
+                               opt_state=_optimizer_state(tx, params, mesh), ema=params,
+                               rng=_key_data(mesh))
+  return graphdef, state, frozen
+
+
+def _distill_state(cfg, mesh):
+  generator_tx, fake_tx = distill.optimizers(cfg)
+  dit = cfg.model.dit
+
+  def networks():
+    return distill.Networks(_flashworld(cfg), WanDiT(dit, rngs=nnx.Rngs(1)),
+                            WanDiT(dit, rngs=nnx.Rngs(2)),
+                            GANHead(dit.num_heads * dit.head_dim, len(cfg.distill.gan_layers),
+                                    cfg.distill.gan_channels, rngs=nnx.Rngs(3)))
+
+  graphdef, (generator, fake, frozen) = _abstract_split(networks, (distill.GENERATOR, distill.FAKE),
+                                                        mesh)
+  state = distill.DistillState(
+      step=_replicated(mesh, (), jnp.int32), generator=generator,
+      generator_opt=_optimizer_state(generator_tx, generator, mesh), generator_ema=generator,
+      fake=fake, fake_opt=_optimizer_state(fake_tx, fake, mesh), rng=_key_data(mesh))
+  return graphdef, state, frozen
+
+
+ABSTRACT_STATES = {"pretrain": _pretrain_state, "distill": _distill_state}
 
 
 def _with_named_sharding(mesh):
@@ -59,13 +102,19 @@ def _with_named_sharding(mesh):
   return convert
 
 
-def compile_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+def compile_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, phase: str | None = None):
   """The stage's step compiled for `mesh` from abstract inputs (any backend the mesh's devices have,
-  including TPU topologies described by `jax.experimental.topologies`)."""
+  including TPU topologies described by `jax.experimental.topologies`).
+
+  Distillation's step holds both updates behind a `cond`; `phase="generator"` or `"fake"` compiles
+  one of them alone (fake_updates_per_generator 0, or a never-reached generator phase) so each can be
+  measured."""
   stage = loop.STAGES[cfg.stage]
-  tx = state_lib.make_optimizer(cfg.optimizer, cfg.num_steps)
-  graphdef, state, frozen = abstract_state(cfg, mesh, stage.TRAINABLE, tx)
-  step = stage.make_step(cfg, graphdef, tx, loop.render_settings(cfg))
+  if phase is not None:
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.distill.fake_updates_per_generator = 0 if phase == "generator" else 1 << 30
+  graphdef, state, frozen = ABSTRACT_STATES[cfg.stage](cfg, mesh)
+  step = stage.make_step(cfg, graphdef, loop.render_settings(cfg))
   shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
   batch = abstract_batch(cfg, mesh)
   jitted = jax.jit(step, in_shardings=(shardings(state), shardings(frozen), shardings(batch)),
@@ -85,3 +134,65 @@ def memory_and_flops(compiled) -> dict:
                                    - report["alias"])
   report["flops"] = float(cost.get("flops", 0.0)) if cost else 0.0
   return report
+
+
+# TensorCores per chip in the product names (v5p-64 is 32 chips), and the chip grids of the slices.
+_CORES_PER_CHIP = {"v5p": 2, "v4": 2, "v5e": 1, "v6e": 1}
+_GRIDS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+             256: "4x8x8", 512: "8x8x8"}
+_HBM_GIB = {"v5p": 95, "v4": 32, "v5e": 16, "v6e": 32}     # per chip
+_GRIDS_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+
+
+def topology_name(slice_name: str) -> str:
+  """'v5p-64' (cores) → 'v5p:2x4x4' (chips) for `jax.experimental.topologies`; 'v5p:2x2x2' passes."""
+  if ":" in slice_name:
+    return slice_name
+  kind, _, size = slice_name.partition("-")
+  if kind not in _CORES_PER_CHIP or not size.isdigit():
+    raise ValueError(f"--topology={slice_name!r}: expected e.g. v5p-64, v6e-256 or v5p:2x2x2")
+  chips = int(size) // _CORES_PER_CHIP[kind]
+  grids = _GRIDS_3D if kind in ("v5p", "v4") else _GRIDS_2D
+  if chips not in grids:
+    raise ValueError(f"--topology={slice_name!r}: {chips} chips; known sizes {sorted(grids)}")
+  return f"{kind}:{grids[chips]}"
+
+
+def _main(argv):
+  import json
+
+  from absl import flags
+
+  from flashworld_jax import sharding as sharding_lib
+  del argv
+  cfg = flags.FLAGS.config
+  devices = None
+  if flags.FLAGS.topology:
+    from jax.experimental import topologies
+    description = topologies.get_topology_desc(topology_name=topology_name(flags.FLAGS.topology),
+                                               platform="tpu")
+    devices = description.devices
+  devices = list(devices or jax.devices())
+  m = cfg.model.mesh
+  mesh = sharding_lib.make_mesh(m.data, m.fsdp, m.tensor, m.sequence, devices=devices)
+  report = memory_and_flops(compile_step(cfg, mesh, flags.FLAGS.phase))
+  kind = (flags.FLAGS.topology or "").replace(":", "-").split("-")[0]
+  hbm_gib = _HBM_GIB.get(kind)
+  peak_gib = report["peak_estimate_bytes"] / 2**30
+  print(json.dumps({"config": cfg.variant, "phase": flags.FLAGS.phase, "topology": flags.FLAGS.topology,
+                    "devices": len(devices), "device_kind": devices[0].device_kind,
+                    "mesh": dict(mesh.shape), "remat_policy": cfg.model.dit.remat_policy,
+                    "global_batch": cfg.data.batch_size, **report,
+                    "peak_estimate_gib": round(peak_gib, 2), "hbm_gib": hbm_gib,
+                    "headroom_gib": None if hbm_gib is None else round(hbm_gib - peak_gib, 2),
+                    "tflops_per_device_step": round(report["flops"] / 1e12, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", "configs/train.py:pretrain_5b", "Training config.")
+  flags.DEFINE_string("topology", None, "A TPU slice (v5p-64, v6e-256, v5p:2x2x2) to compile for "
+                      "without TPUs (needs libtpu importable); default: this host's devices.")
+  flags.DEFINE_enum("phase", None, ["generator", "fake"], "Distillation: compile one update alone.")
+  app.run(_main)

@@ -25,14 +25,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from flashworld_jax import sharding
-from flashworld_jax.data import pipeline, sampling
+from flashworld_jax.data import ood, pipeline, sampling
 from flashworld_jax.io import atomic
 from flashworld_jax.models.tokenizer import load_tokenizer
 from flashworld_jax.sampling import sampler
-from flashworld_jax.train import checkpoints, evaluation, metric_writer, pretrain
-from flashworld_jax.train import state as state_lib
+from flashworld_jax.train import checkpoints, distill, evaluation, metric_writer, pretrain
 
-STAGES = {"pretrain": pretrain}
+STAGES = {"pretrain": pretrain, "distill": distill}
 _HOST_ONLY = ("text", "clip_id")          # strings stay on the host; tokens go to the devices
 
 
@@ -77,6 +76,22 @@ def sources(cfg: ml_collections.ConfigDict) -> list[pipeline.SourceSpec]:
   return specs
 
 
+def ood_mix(cfg: ml_collections.ConfigDict) -> dict:
+  """Distillation's single images and prompts and their share of the samples (spec §13.4)."""
+  d = cfg.get("distill")
+  if d is None or d.ood_weight <= 0:
+    return {}
+  if d.ood_images_dir or d.ood_prompts:
+    sources_ = ood.load_sources(d.ood_images_dir or None, d.ood_prompts or None,
+                                d.ood_image_captions or None, d.p_template_trajectory)
+  elif d.ood_from_dataset:
+    folder, split = d.ood_from_dataset.rsplit(":", 1)
+    sources_ = ood.from_multiview(folder, split, d.p_template_trajectory)
+  else:
+    return {}
+  return {"ood_sources": sources_, "ood_weight": d.ood_weight}
+
+
 def make_tokenize(cfg: ml_collections.ConfigDict):
   tokenizer = load_tokenizer(cfg.model.text.tokenizer)
 
@@ -99,6 +114,12 @@ def render_settings(cfg: ml_collections.ConfigDict) -> sampler.RenderSettings:
                                 far_plane=cfg.model.render.far_plane, backend=cfg.model.render.backend)
 
 
+def with_constants(batch: dict, constants: dict) -> dict:
+  """The batch with a stage's per-sample constants (e.g. the unconditional prompt) repeated."""
+  size = len(batch["kind"])
+  return {**batch, **{k: np.broadcast_to(v, (size,) + np.shape(v)) for k, v in constants.items()}}
+
+
 def global_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
   """Per-host numpy batch → global arrays split over the mesh's batch axes."""
   batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
@@ -106,18 +127,26 @@ def global_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
           for k, v in batch.items() if k not in _HOST_ONLY}
 
 
-def components(graphdef, state: state_lib.TrainState, frozen) -> dict[str, nnx.State]:
+def components(stage, graphdef, state, frozen) -> dict[str, nnx.State]:
   """The model in `generate`'s checkpoint layout, with the EMA weights of the trained parts."""
-  model = nnx.merge(graphdef, state.ema, frozen)
+  model = stage.flashworld(graphdef, state, frozen)
   return {name: nnx.state(getattr(model, name))
           for name in ("dit", "vae", "gaussian_decoder", "text_encoder")}
 
 
-def _compile_step(stage, cfg, graphdef, tx, settings, state, frozen, batch_shardings):
-  step = stage.make_step(cfg, graphdef, tx, settings)
-  state_shardings = state_lib.shardings_of(state)
-  return jax.jit(step, in_shardings=(state_shardings, state_lib.shardings_of(frozen), batch_shardings),
-                 out_shardings=(state_shardings, None), donate_argnums=0)
+def grown_settings(settings: sampler.RenderSettings, needed) -> sampler.RenderSettings:
+  return dataclasses.replace(settings, capacity=sampler.grown_capacity(
+      settings.capacity, int(needed[0]), int(needed[1])))
+
+
+def _shardings(tree):
+  return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def _compile_step(stage, cfg, graphdef, settings, state, frozen, batch_shardings):
+  step = stage.make_step(cfg, graphdef, settings)
+  return jax.jit(step, in_shardings=(_shardings(state), _shardings(frozen), batch_shardings),
+                 out_shardings=(_shardings(state), None), donate_argnums=0)
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = None) -> dict:
@@ -131,26 +160,27 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
 
   # ------------------------------------------------------------------ mesh
   mesh = sharding.mesh_from_config(cfg.model.mesh)
+  batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+  if cfg.data.batch_size % batch_ways:
+    raise TrainingError(f"data.batch_size={cfg.data.batch_size} must divide by the mesh's data × fsdp "
+                        f"= {batch_ways} devices (model.mesh: {dict(mesh.shape)})")
 
   # ------------------------------------------------------------------ data
   tokenize = make_tokenize(cfg)
   dataset = pipeline.make_dataset(sources(cfg), sample_spec(cfg), cfg.data.batch_size, cfg.seed,
-                                  tokenize=tokenize)
+                                  tokenize=tokenize, **ood_mix(cfg))
   iterator = pipeline.make_iterator(dataset, cfg.data.num_threads, cfg.data.prefetch)
   eval_scenes = (evaluation.load_scenes(cfg, tokenize, cfg.eval.num_scenes)
                  if cfg.data.eval_dir and cfg.eval_every else [])
 
   # ------------------------------------------------------------------ model and optimizer
-  tx = state_lib.make_optimizer(cfg.optimizer, cfg.num_steps)
-  with jax.set_mesh(mesh), sharding.rules():
-    model = state_lib.build_model(cfg, mesh)
-    graphdef, state, frozen = state_lib.create(model, stage.TRAINABLE, tx, cfg.seed, mesh)
-  del model
+  graphdef, state, frozen = stage.build(cfg, mesh)
+  constants = stage.batch_constants(cfg, tokenize) if hasattr(stage, "batch_constants") else {}
 
   # ------------------------------------------------------------------ shardings and step
   batch_shardings = NamedSharding(mesh, P(("data", "fsdp")))
   settings = render_settings(cfg)
-  step_fn = _compile_step(stage, cfg, graphdef, tx, settings, state, frozen, batch_shardings)
+  step_fn = _compile_step(stage, cfg, graphdef, settings, state, frozen, batch_shardings)
   eval_settings = dataclasses.replace(settings)
 
   # ------------------------------------------------------------------ checkpoint
@@ -171,20 +201,19 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
   interval, interval_start = [], time.perf_counter()
   summary = {"start_step": start}
   if eval_scenes and start == 0:
-    summary["eval_initial"], eval_settings = _evaluate(cfg, graphdef, state, frozen, eval_scenes,
-                                                       eval_settings, 0, writer)
+    summary["eval_initial"], eval_settings = _evaluate(
+        cfg, stage.flashworld(graphdef, state, frozen), eval_scenes, eval_settings, 0, writer)
   try:
     with jax.set_mesh(mesh), tqdm(total=end, initial=start, desc=f"{cfg.stage}",
                                   unit="step", disable=jax.process_index() != 0) as bar:
       while step < end:
-        batch = global_batch(next(iterator), mesh)
+        batch = global_batch(with_constants(next(iterator), constants), mesh)
         while True:
           state, metrics = step_fn(state, frozen, batch)
           if not bool(metrics["overflow"]):
             break
-          settings = pretrain.grown_settings(settings, np.asarray(metrics["needed"]))
-          step_fn = _compile_step(stage, cfg, graphdef, tx, settings, state, frozen,
-                                  batch_shardings)
+          settings = grown_settings(settings, np.asarray(metrics["needed"]))
+          step_fn = _compile_step(stage, cfg, graphdef, settings, state, frozen, batch_shardings)
         step += 1
         scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
         nonfinite_streak = nonfinite_streak + 1 if scalars["nonfinite"] else 0
@@ -205,13 +234,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
                                       "learning_rate": float(_learning_rate(cfg, step))})
           interval, interval_start = [], time.perf_counter()
         if eval_scenes and (step % cfg.eval_every == 0 or step == end):
-          eval_metrics, eval_settings = _evaluate(cfg, graphdef, state, frozen, eval_scenes,
-                                                  eval_settings, step, writer)
+          eval_metrics, eval_settings = _evaluate(cfg, stage.flashworld(graphdef, state, frozen),
+                                                  eval_scenes, eval_settings, step, writer)
           summary["eval"] = eval_metrics
           interval_start = time.perf_counter()
         if step % cfg.checkpoint_every == 0 or step == end or preemption.requested:
           checkpoints.save(mngr, step, state, iterator.get_state(), cfg,
-                           components(graphdef, state, frozen))
+                           components(stage, graphdef, state, frozen))
           last_saved = step
           interval_start = time.perf_counter()
         if preemption.requested:
@@ -230,15 +259,9 @@ def _learning_rate(cfg, step: int) -> float:
   return cfg.optimizer.learning_rate * min(1.0, step / warmup)
 
 
-def initial_eval(cfg, graphdef, state, frozen, scenes, settings):
-  """Evaluation of the state as it is (used for step 0 of a learning curve)."""
-  model = nnx.merge(graphdef, state.ema, frozen)
-  return evaluation.evaluate_3d(model, scenes, cfg, settings)
-
-
-def _evaluate(cfg, graphdef, state, frozen, scenes, settings, step, writer):
+def _evaluate(cfg, model, scenes, settings, step, writer):
   start = time.perf_counter()
-  metrics, strips, settings = initial_eval(cfg, graphdef, state, frozen, scenes, settings)
+  metrics, strips, settings = evaluation.evaluate_3d(model, scenes, cfg, settings)
   metrics = {f"eval/{k}": v for k, v in metrics.items()}
   metrics["eval/seconds"] = time.perf_counter() - start
   writer.write_scalars(step, metrics)

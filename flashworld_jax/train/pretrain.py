@@ -9,7 +9,6 @@ MSE of the novel views rendered on random backgrounds.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from flashworld_jax import sharding
 from flashworld_jax.geometry import rays
 from flashworld_jax.models.umt5 import text_embeddings
 from flashworld_jax.sampling import sampler
@@ -141,10 +141,24 @@ def pretrain_loss(params, frozen, graphdef, inputs: Inputs, view_mask: jax.Array
   return loss, metrics
 
 
-def make_step(cfg: ml_collections.ConfigDict, graphdef, tx, settings: RenderSettings):
+def build(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """(graphdef, TrainState, frozen) of the model to pre-train (`cfg.init_checkpoint` or random)."""
+  tx = state_lib.make_optimizer(cfg.optimizer, cfg.num_steps)
+  with jax.set_mesh(mesh), sharding.rules():
+    model = state_lib.build_model(cfg, mesh)
+    return state_lib.create(model, TRAINABLE, tx, cfg.seed, mesh)
+
+
+def flashworld(graphdef, state: state_lib.TrainState, frozen):
+  """The model with its EMA weights: what evaluation and `generate` use."""
+  return nnx.merge(graphdef, state.ema, frozen)
+
+
+def make_step(cfg: ml_collections.ConfigDict, graphdef, settings: RenderSettings):
   """The pure pre-training step: (state, frozen, batch) → (state, metrics), with gradient
   accumulation over `cfg.accumulation_steps` micro-batches and the update skipped (and reported)
   when the loss or a gradient is not finite or a render overflowed its capacity."""
+  tx = state_lib.make_optimizer(cfg.optimizer, cfg.num_steps)
   if cfg.pretrain.feedback_mode not in FEEDBACK_MODES:
     raise ValueError(f"pretrain.feedback_mode={cfg.pretrain.feedback_mode!r}; expected one of "
                      f"{FEEDBACK_MODES}")
@@ -195,8 +209,3 @@ def make_step(cfg: ml_collections.ConfigDict, graphdef, tx, settings: RenderSett
 
 def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
-def grown_settings(settings: RenderSettings, needed) -> RenderSettings:
-  return dataclasses.replace(settings, capacity=sampler.grown_capacity(
-      settings.capacity, int(needed[0]), int(needed[1])))

@@ -12,15 +12,10 @@ from flashworld_jax import sharding
 from flashworld_jax.data import pipeline
 from flashworld_jax.models.dit import dit_output_channels
 from flashworld_jax.train import loop, pretrain
-from flashworld_jax.train import state as state_lib
 
 
 def _setup(cfg, mesh):
-  tx = state_lib.make_optimizer(cfg.optimizer, cfg.num_steps)
-  with jax.set_mesh(mesh), sharding.rules():
-    model = state_lib.build_model(cfg, mesh)
-    graphdef, state, frozen = state_lib.create(model, pretrain.TRAINABLE, tx, cfg.seed, mesh)
-  return tx, graphdef, state, frozen
+  return pretrain.build(cfg, mesh)
 
 
 def _batch(cfg):
@@ -53,7 +48,7 @@ def test_render_loss_reaches_the_feature_head_and_the_decoder_not_the_frozen_par
   # D_G's feature conv and its Gaussian head start at zero (REF), which stops every gradient to the
   # trunk and the feature head at init: give them the values one update would.
   cfg.pretrain.self_conditioning_prob = 0.0
-  _, graphdef, state, frozen = _setup(cfg, mesh1)
+  graphdef, state, frozen = _setup(cfg, mesh1)
   decoder = state.params["gaussian_decoder"]
   for i, kernel in enumerate((decoder["extra_conv_in"]["kernel"], decoder["gs_head"]["gs_proj"]["kernel"])):
     kernel[...] = jax.random.normal(jax.random.key(5 + i), kernel.shape) * 0.01
@@ -78,8 +73,8 @@ def test_render_loss_reaches_the_feature_head_and_the_decoder_not_the_frozen_par
 
 
 def _run_step(cfg, mesh, batch):
-  tx, graphdef, state, frozen = _setup(cfg, mesh)
-  step = jax.jit(pretrain.make_step(cfg, graphdef, tx, loop.render_settings(cfg)))
+  graphdef, state, frozen = _setup(cfg, mesh)
+  step = jax.jit(pretrain.make_step(cfg, graphdef, loop.render_settings(cfg)))
   with jax.set_mesh(mesh):
     return step(state, frozen, loop.global_batch(batch, mesh)), state
 

@@ -1,0 +1,152 @@
+"""Cross-mode distillation: the DMD gradient, the update pattern, where gradients flow, OOD samples
+without GAN terms, the frozen teacher, exact resume and the sharded step."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from flashworld_jax import sharding
+from flashworld_jax.data import pipeline, sampling
+from flashworld_jax.train import distill, loop
+
+
+def test_dmd_gradient_is_the_normalised_score_difference():
+  rng = np.random.default_rng(0)
+  x, x_real, x_fake = (rng.normal(size=(3, 2, 4, 4, 5)) for _ in range(3))
+  grad = jax.grad(lambda x: distill.dmd_loss(x, jnp.asarray(x_real), jnp.asarray(x_fake))[0])(
+      jnp.asarray(x))
+  scale = np.mean(np.abs(x - x_real), axis=(1, 2, 3, 4), keepdims=True)
+  expected = (x_fake - x_real) / scale / x.size         # d/dx of ½·mean((x − sg(x − g))²)
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-8)
+
+
+@pytest.fixture
+def distill_config(make_tiny_config):
+  from configs import train as train_configs
+  cfg = make_tiny_config()
+  reference = train_configs.get_config("distill_tiny")
+  cfg.stage, cfg.distill = "distill", reference.distill
+  cfg.distill.fake_updates_per_generator = 2
+  cfg.distill.ood_from_dataset = f"{cfg.data.train_dir}:train"   # synthetic frames and captions
+  cfg.eval_every = 0
+  cfg.data.eval_dir = ""
+  return cfg
+
+
+def _batches(cfg, count, kind=None):
+  constants = distill.batch_constants(cfg, loop.make_tokenize(cfg))
+  dataset = pipeline.make_dataset(loop.sources(cfg), loop.sample_spec(cfg), cfg.data.batch_size,
+                                  cfg.seed, tokenize=loop.make_tokenize(cfg))
+  iterator = pipeline.make_iterator(dataset, num_threads=1)
+  batches = []
+  for _ in range(count):
+    batch = loop.with_constants(next(iterator), constants)
+    if kind is not None:
+      batch["kind"] = np.full_like(batch["kind"], kind)
+    batches.append(batch)
+  return batches
+
+
+def _steps(cfg, mesh, batches):
+  graphdef, state, frozen = distill.build(cfg, mesh)
+  teacher = jax.tree.map(np.asarray, nnx.State(frozen)["teacher"])
+  step = jax.jit(distill.make_step(cfg, graphdef, loop.render_settings(cfg)))
+  history = []
+  with jax.set_mesh(mesh):
+    for batch in batches:
+      state, metrics = step(state, frozen, loop.global_batch(batch, mesh))
+      history.append({k: np.asarray(v) for k, v in metrics.items()})
+  return state, frozen, teacher, history
+
+
+def test_update_pattern_fresh_samples_and_frozen_teacher(distill_config, mesh1):
+  cfg = distill_config
+  state, frozen, teacher_before, history = _steps(cfg, mesh1, _batches(cfg, 6))
+  pattern = [bool(m["generator_update"]) for m in history]
+  assert pattern == [False, False, True] * 2                  # 2 fake updates per generator update
+  assert int(state.step) == 6
+  fake_samples = [float(m["sample_mean"]) for m in history if not m["generator_update"]]
+  assert len(set(fake_samples)) == len(fake_samples)          # each fake update drew a new sample
+  for m in history:
+    assert not m["nonfinite"] and not m["overflow"]
+    losses = ("loss_dmd_input", "loss_gan_generator") if m["generator_update"] else (
+        "loss_flow_matching", "loss_discriminator")
+    assert all(float(m[name]) > 0 for name in losses)
+  for a, b in zip(jax.tree.leaves(teacher_before), jax.tree.leaves(nnx.State(frozen)["teacher"])):
+    np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_ood_samples_have_no_gan_terms(distill_config, mesh1):
+  cfg = distill_config
+  cfg.distill.fake_updates_per_generator = 0                  # every step a generator update
+  _, _, _, history = _steps(cfg, mesh1, _batches(cfg, 1, kind=sampling.KIND_OOD_TEXT))
+  assert float(history[0]["loss_gan_generator"]) == 0.0
+  assert float(history[0]["loss_dmd_input"]) > 0
+
+
+def test_no_gradient_through_the_steps_before_k(distill_config, mesh1):
+  cfg = distill_config
+  graphdef, state, frozen = distill.build(cfg, mesh1)
+  batch = {k: jnp.asarray(v) for k, v in _batches(cfg, 1)[0].items()
+           if k not in ("text", "clip_id")}
+  settings = loop.render_settings(cfg)
+  nets = nnx.merge(graphdef, state.generator, state.fake, frozen)
+  inputs = distill.encode_inputs(nets.flashworld, batch, cfg.data.num_input_views, jax.random.key(0))
+  k = jnp.asarray(2)
+  loss = functools.partial(distill.generator_loss, graphdef=graphdef, inputs=inputs, batch=batch,
+                           k=k, key=jax.random.key(2), cfg=cfg, settings=settings,
+                           cmc_to_mv_head=True)
+
+  def simulated_inside(generator):        # the step's own order: simulate, then step k
+    model = nnx.merge(graphdef, generator, state.fake, frozen).flashworld
+    simulated = distill.simulate(model, cfg, inputs, k, settings, jax.random.key(1))
+    return loss(generator, (state.fake, frozen), simulated=simulated)[0]
+
+  fixed = distill.simulate(nets.flashworld, cfg, inputs, k, settings, jax.random.key(1))
+  inside = jax.jit(jax.grad(simulated_inside))(state.generator)
+  outside = jax.jit(jax.grad(lambda g: loss(g, (state.fake, frozen), simulated=fixed)[0]))(
+      state.generator)
+  # Equal up to the float noise of two differently fused programs (a gradient leaking through the
+  # simulated steps would change it at the order of the gradient itself).
+  inside = np.concatenate([np.ravel(a) for a in jax.tree.leaves(inside)])
+  outside = np.concatenate([np.ravel(a) for a in jax.tree.leaves(outside)])
+  assert np.linalg.norm(inside) > 0
+  assert np.linalg.norm(inside - outside) / np.linalg.norm(inside) < 1e-4
+
+
+def test_sharded_steps_equal_the_one_device_steps(distill_config, mesh1):
+  cfg = distill_config
+  cfg.data.batch_size = 4
+  batches = _batches(cfg, 3)                                  # fake, fake, generator
+  one, _, _, one_history = _steps(cfg, mesh1, batches)
+  mesh8 = sharding.make_mesh(data=2, fsdp=2, tensor=2, sequence=1)
+  eight, _, _, eight_history = _steps(cfg, mesh8, batches)
+  for a, b in zip(one_history, eight_history):
+    np.testing.assert_allclose(float(b["loss"]), float(a["loss"]), rtol=1e-4)
+  for name in ("generator", "fake"):
+    worst = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(jax.tree.leaves(getattr(one, name)),
+                                jax.tree.leaves(getattr(eight, name))))
+    assert worst < 1e-5, (name, worst)
+
+
+def test_killed_distillation_resumes_bitwise_across_the_alternation(distill_config, tmp_path):
+  import orbax.checkpoint as ocp
+  from flashworld_jax.train import checkpoints
+  distill_config.num_steps = 4                                # fake, fake, generator, fake
+  loop.run(distill_config, str(tmp_path / "whole"))
+  first = loop.run(distill_config, str(tmp_path / "resumed"), max_steps=2)
+  second = loop.run(distill_config, str(tmp_path / "resumed"))
+  assert first["end_step"] == 2 and second["start_step"] == 2 and second["end_step"] == 4
+
+  def saved(workdir):
+    with ocp.CheckpointManager(checkpoints.directory(workdir)) as mngr:
+      return mngr.restore(4, args=ocp.args.Composite(
+          **{checkpoints.STATE: ocp.args.StandardRestore()}))[checkpoints.STATE]
+
+  for a, b in zip(jax.tree.leaves(saved(str(tmp_path / "whole"))),
+                  jax.tree.leaves(saved(str(tmp_path / "resumed")))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
