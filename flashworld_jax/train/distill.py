@@ -70,7 +70,7 @@ def build(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   generator_tx, fake_tx = optimizers(cfg)
   with jax.set_mesh(mesh), sharding.rules():
     flashworld = state_lib.build_model(cfg, mesh)
-    teacher, fake = nnx.clone(flashworld.dit), nnx.clone(flashworld.dit)
+    teacher, fake = _copy(flashworld.dit), _copy(flashworld.dit)
     dit = cfg.model.dit
     head = GANHead(dit.num_heads * dit.head_dim, len(cfg.distill.gan_layers),
                    cfg.distill.gan_channels, rngs=nnx.Rngs(cfg.seed + 7))
@@ -85,6 +85,13 @@ def build(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
       fake=fake_params, fake_opt=fake_opt,
       rng=jax.device_put(jax.random.key_data(jax.random.key(cfg.seed)), replicated))
   return graphdef, state, frozen
+
+
+def _copy(module: nnx.Module) -> nnx.Module:
+  """A copy with its own buffers (`nnx.clone` shares the arrays, and the generator's DiT is donated
+  by the step while the teacher's must stay untouched)."""
+  graphdef, state = nnx.split(module)
+  return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
 
 
 def flashworld(graphdef, state: DistillState, frozen) -> FlashWorld:

@@ -66,7 +66,7 @@ def test_render_loss_reaches_the_feature_head_and_the_decoder_not_the_frozen_par
   # The frozen VAE and text encoder are not trainable, and no gradient reaches their weights (the
   # latent statistics, buffers that un-normalise D_G's input, are constants of the run).
   assert set(state.params.keys()) == {"dit", "gaussian_decoder"}
-  frozen_weights = nnx.State(frozen_grads).filter(nnx.Param)
+  frozen_weights = nnx.filter_state(frozen_grads, nnx.Param)
   for name in ("vae", "text_encoder"):
     leaves = jax.tree.leaves(frozen_weights[name])
     assert leaves and all(float(np.abs(g).max()) == 0.0 for g in leaves), name
