@@ -14,7 +14,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 KERNEL_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
-BIAS_AXES = ("conv_out",)
 
 # PyTorch's default conv init (kaiming-uniform with a = sqrt(5)) is uniform(±1/sqrt(fan_in)).
 _TORCH_DEFAULT_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -31,10 +30,19 @@ def conv2d(in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.R
   if padding is None:
     padding = ((kernel_size // 2, kernel_size // 2),) * 2
   kernel_init = nnx.initializers.zeros if zero_init else _TORCH_DEFAULT_INIT
+  out_axis = _out_channel_axis(out_channels)
   return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), strides=stride,
                   padding=padding, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=nnx.with_partitioning(kernel_init, KERNEL_AXES),
-                  bias_init=nnx.with_partitioning(bias_init, BIAS_AXES), rngs=rngs)
+                  kernel_init=nnx.with_partitioning(kernel_init, KERNEL_AXES[:-1] + (out_axis,)),
+                  bias_init=nnx.with_partitioning(bias_init, (out_axis,)), rngs=rngs)
+
+
+def _out_channel_axis(out_channels: int) -> str | None:
+  """'conv_out' when the channels split evenly over the current mesh's FSDP axis, else replicated:
+  head convs (12, 48 or 76 channels) do not divide by a pod's 32 or 64 FSDP shards."""
+  mesh = jax.sharding.get_abstract_mesh()
+  ways = 1 if mesh is None or mesh.empty else dict(mesh.shape).get("fsdp", 1)
+  return KERNEL_AXES[-1] if out_channels % ways == 0 else None
 
 
 class RMSNorm(nnx.Module):
