@@ -7,12 +7,10 @@ Azimuth 0 puts the camera on the +z side looking towards −z: the "front" the c
 """
 from __future__ import annotations
 
-import jax
 import numpy as np
 
-from flashworld_jax.data import scene_graph
+from flashworld_jax.data import camera_conventions, scene_graph
 from flashworld_jax.data.scene_graph import Scene
-from flashworld_jax.geometry import cameras as cameras_lib
 
 TRAJECTORY_KINDS = ("orbit", "arc", "dolly", "pan", "random")
 _WALL_MARGIN = 0.4
@@ -28,13 +26,6 @@ def look_at_c2w(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
   c2w = np.tile(np.eye(4), (len(eye), 1, 1))
   c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = right, up, back, eye
   return c2w
-
-
-def c2w_to_camera_vectors(c2w: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
-  """float64 11-vectors [F, 11] from OpenGL c2w [F, 4, 4] and normalised intrinsics [F, 4]."""
-  with jax.enable_x64(True):
-    return np.asarray(cameras_lib.c2w_to_cameras(np.asarray(c2w, np.float64),
-                                                 np.asarray(intrinsics, np.float64)))
 
 
 def _catmull_rom(knots: np.ndarray, count: int) -> np.ndarray:
@@ -117,4 +108,6 @@ def sample_trajectory(rng: np.random.Generator, scene: Scene, num_frames: int, h
   intrinsics = np.array([focal_y * height / width * rng.uniform(0.98, 1.02), focal_y,
                          0.5 + rng.uniform(-0.02, 0.02), 0.5 + rng.uniform(-0.02, 0.02)])
   c2w = look_at_c2w(eye, np.asarray(target, np.float64))
-  return kind, c2w_to_camera_vectors(c2w, np.broadcast_to(intrinsics, (num_frames, 4)))
+  return kind, camera_conventions.opengl_c2w_to_cameras(
+      c2w, np.broadcast_to(intrinsics, (num_frames, 4)), f"synthetic scene {scene.seed}",
+      [f"view {i}" for i in range(num_frames)])
