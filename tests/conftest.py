@@ -1,4 +1,8 @@
-"""Test set-up: 8 fake CPU devices and a persistent compilation cache, before JAX initialises."""
+"""Test set-up: 8 fake CPU devices, before JAX initialises.
+
+No persistent compilation cache: on a fresh clone it never hits, and jax 0.10's cache write
+segfaulted the CPU suite (in `put_executable_and_time`) on large training executables.
+"""
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -8,11 +12,6 @@ os.environ["XLA_FLAGS"] = (
 
 import jax  # noqa: E402  (must come after the environment set-up above)
 import pytest  # noqa: E402
-
-_CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".jax_cache")
-jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_collection_modifyitems(config, items):

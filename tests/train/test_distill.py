@@ -13,17 +13,6 @@ from flashworld_jax.data import pipeline, sampling
 from flashworld_jax.train import distill, loop
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _no_persistent_cache_writes():
-  """In the full suite, jax's persistent-cache write of the 8-device distillation step aborted the
-  process (inside `put_executable_and_time`, no message; the test passes alone). These executables
-  are never reused across runs, so they are not written."""
-  previous = jax.config.jax_persistent_cache_min_compile_time_secs
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
-  yield
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", previous)
-
-
 def test_dmd_gradient_is_the_normalised_score_difference():
   rng = np.random.default_rng(0)
   x, x_real, x_fake = (rng.normal(size=(3, 2, 4, 4, 5)) for _ in range(3))
