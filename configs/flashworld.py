@@ -2,12 +2,15 @@
 
 `get_config("5b")`: the original's dimensions (Wan2.2-TI2V-5B DiT, Wan2.2 VAE, umT5-XXL, D_G).
 `get_config("tiny")`: the same architecture at toy widths; runs in seconds on CPU, random weights.
+`get_config("demo")`: the small model trained on this repository's synthetic scenes (`make train-demo`,
+README "Results"): DiT 1.40 M, Gaussian decoder 0.68 M, VAE 1.07 M and the toy text encoder's 33 k
+parameters (12.7 MB in fp32), sized so that the whole recipe trains on a 2-core CPU.
 Select on the command line with `--config=configs/flashworld.py:tiny` and override any field with
 `--config.dit.num_layers=4` and the like.
 """
 import ml_collections
 
-VARIANTS = ("5b", "tiny")
+VARIANTS = ("5b", "tiny", "demo")
 
 
 def _dit(variant):
@@ -41,6 +44,11 @@ def _dit(variant):
     c.ffn_dim = 14336
     c.text_dim = 4096
     c.feature_dim = 1024
+  elif variant == "demo":
+    c.num_layers, c.num_heads, c.head_dim = 4, 4, 32
+    c.ffn_dim = 512
+    c.text_dim = 32
+    c.feature_dim = 64
   else:
     c.num_layers, c.num_heads, c.head_dim = 2, 2, 24
     c.ffn_dim = 64
@@ -65,6 +73,8 @@ def _vae(variant):
   c.dtype = "float32"
   if variant == "5b":
     c.base_dim, c.decoder_base_dim, c.num_res_blocks = 160, 256, 2
+  elif variant == "demo":
+    c.base_dim, c.decoder_base_dim, c.num_res_blocks = 16, 16, 1
   else:
     c.base_dim, c.decoder_base_dim, c.num_res_blocks = 8, 8, 1
   return c
@@ -114,6 +124,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   cfg.vae = _vae(variant)
   cfg.gaussian_decoder = _gaussian_decoder(variant)
   cfg.text = _text(variant)
+  if variant == "demo":
+    # A CPU model: fp32 compute (bf16 is emulated on CPU and slower there).
+    cfg.dit.dtype = cfg.text.dtype = "float32"
 
   cfg.render = ml_collections.ConfigDict()
   cfg.render.near_plane = 0.01

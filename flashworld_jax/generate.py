@@ -25,7 +25,6 @@ import re
 import secrets
 import sys
 import time
-from typing import NoReturn
 
 from absl import app, flags, logging
 import jax
@@ -34,7 +33,7 @@ import numpy as np
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from flashworld_jax import checkpoint, sharding
+from flashworld_jax import checkpoint, cli, sharding
 from flashworld_jax.export import ply, spz, video, world_frame
 from flashworld_jax.geometry import crop, trajectories
 from flashworld_jax.io import atomic, prepare, request as request_lib
@@ -43,23 +42,6 @@ from flashworld_jax.models.flashworld import build_flashworld
 from flashworld_jax.models.tokenizer import load_tokenizer
 from flashworld_jax.sampling import conditioning, sampler as sampler_lib
 from flashworld_jax.sampling.timing import Timings
-
-
-class _ResolutionParser(flags.ArgumentParser):
-  """--resolution=H,W as (H, W), each a positive multiple of the model's 32-pixel grid."""
-
-  def parse(self, argument):
-    try:
-      height, width = (int(v) for v in argument.split(","))
-    except ValueError:
-      height = width = 0
-    multiple = request_lib.SIZE_MULTIPLE
-    if not (height > 0 and width > 0 and height % multiple == 0 and width % multiple == 0):
-      raise ValueError(f"expected H,W: two positive multiples of {multiple}, e.g. 480,704")
-    return height, width
-
-  def flag_type(self):
-    return "H,W"
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/flashworld.py:tiny", "Model config.")
@@ -73,7 +55,7 @@ _TRAJECTORY = flags.DEFINE_enum("trajectory", "orbit", trajectories.TRAJECTORY_N
 _NUM_VIEWS = flags.DEFINE_integer("num_views", None, "Views (default 24; overrides a request's, "
                                   "keeping its image on its camera).", lower_bound=1,
                                   upper_bound=request_lib.MAX_VIEWS)
-_RESOLUTION = flags.DEFINE(_ResolutionParser(), "resolution", None,
+_RESOLUTION = flags.DEFINE(cli.ResolutionParser(), "resolution", None,
                            "H,W (default 480,704; overrides a request's).",
                            serializer=flags.ListSerializer(","))
 _IMAGE_INDEX = flags.DEFINE_integer("image_index", 0, "View of --image in a quick run.",
@@ -331,31 +313,6 @@ def run() -> list[str]:
   return folders
 
 
-def _exit_with_error(message: str) -> NoReturn:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(1)
-
-
-def _flag_error_line(error: flags.Error) -> str:
-  lines = str(error).splitlines()
-  if len(lines) <= 1:
-    return str(error)
-  # ml_collections puts the config file's traceback in the message; the error it caught, first in
-  # the exception chain, says what is wrong in one line (e.g. an unknown config variant).
-  cause = error
-  while cause.__context__ is not None:
-    cause = cause.__context__
-  return f"{lines[0]} {' '.join(str(cause).split())}"
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing with each error as one line and exit status 1, like every other error."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _exit_with_error(_flag_error_line(e))
-
-
 def main(argv):
   try:
     if len(argv) > 1:
@@ -363,8 +320,8 @@ def main(argv):
     run()
   except (GenerateError, request_lib.RequestError, checkpoint.CheckpointError, FileNotFoundError,
           FileExistsError, PermissionError) as e:
-    _exit_with_error(str(e))
+    cli.exit_with_error(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -14,6 +14,17 @@ import jax  # noqa: E402  (must come after the environment set-up above)
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_executables():
+  """Frees each module's compiled programs when it ends. The suite compiles hundreds of programs in
+  one process, and late in the run XLA aborted inside a compile (no message, in a test that passes
+  alone); released executables keep the process as small as a short run's."""
+  yield
+  from flashworld_jax.train import loop
+  loop.release_executables()
+  jax.clear_caches()
+
+
 def pytest_collection_modifyitems(config, items):
   backend = jax.default_backend()
   for item in items:

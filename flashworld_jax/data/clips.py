@@ -122,8 +122,7 @@ def crop_resize_frames(frames: np.ndarray, cameras: np.ndarray, height: int,
   cameras = np.array(cameras, np.float64)
   if (src_h, src_w) == (height, width):
     return frames, cameras
-  box = crop.center_crop_box(src_w, src_h, width, height)
-  window = (box.offset_x, box.offset_y, box.offset_x + box.width, box.offset_y + box.height)
+  box, window = _crop_window(src_h, src_w, height, width)
   downscale = box.width >= width
   resample = Image.Resampling.BOX if downscale else Image.Resampling.BICUBIC
   out = np.stack([np.asarray(Image.fromarray(f).crop(window).resize((width, height), resample))
@@ -134,6 +133,23 @@ def crop_resize_frames(frames: np.ndarray, cameras: np.ndarray, height: int,
   cameras[:, 9] = (cx * src_w - box.offset_x) / box.width
   cameras[:, 10] = (cy * src_h - box.offset_y) / box.height
   return out, cameras
+
+
+def crop_resize_depth(depth: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Depth maps [F, h, w] through `crop_resize_frames`' window, nearest-neighbour: an average would
+  blend surfaces with the 0 of empty pixels into depths that exist nowhere. Returns float32."""
+  depth = np.asarray(depth, np.float32)
+  src_h, src_w = depth.shape[1:3]
+  if (src_h, src_w) == (height, width):
+    return depth
+  _, window = _crop_window(src_h, src_w, height, width)
+  return np.stack([np.asarray(Image.fromarray(d).crop(window).resize(
+      (width, height), Image.Resampling.NEAREST)) for d in depth])
+
+
+def _crop_window(src_h: int, src_w: int, height: int, width: int):
+  box = crop.center_crop_box(src_w, src_h, width, height)
+  return box, (box.offset_x, box.offset_y, box.offset_x + box.width, box.offset_y + box.height)
 
 
 def attach_captions(clips, captions: Mapping[str, str] | None):

@@ -100,8 +100,14 @@ def _text(value) -> str:
 
 def multiview_sample(record: dict, spec: SampleSpec, rng: np.random.Generator) -> dict:
   """A training sample from a multi-view record (see the module doc)."""
+  frames = choose_frames(len(record["cameras"]), spec, rng, _text(record["clip_id"]))
+  return sample_at_frames(record, frames, spec, rng)
+
+
+def sample_at_frames(record: dict, frames: np.ndarray, spec: SampleSpec,
+                     rng: np.random.Generator) -> dict:
+  """The sample of a record's `frames` (inputs, then novel views; e.g. from `choose_frames`)."""
   clip_id = _text(record["clip_id"])
-  frames = choose_frames(len(record["cameras"]), spec, rng, clip_id)
   images = np.asarray(record["images"])[frames]
   cameras = np.asarray(record["cameras"], np.float64)[frames]
   if images.shape[1:3] != (spec.height, spec.width):

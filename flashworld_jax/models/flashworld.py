@@ -13,7 +13,7 @@ from flax import nnx
 
 from flashworld_jax import checkpoint, sharding
 from flashworld_jax.models.dit import WanDiT
-from flashworld_jax.models.gaussian_decoder import GaussianDecoder
+from flashworld_jax.models.gaussian_decoder import GaussianDecoder, init_from_vae
 from flashworld_jax.models.umt5 import UMT5Encoder
 from flashworld_jax.models.vae import WanVAE
 
@@ -49,7 +49,8 @@ def build_flashworld(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
   Components found in `checkpoint_dir` are restored without being initialised first. For inference
   the Gaussian head's learning-rate multipliers are folded (fp32) and random components draw a loud
-  warning; a trainer keeps the multipliers (they act under Adam) and starts from random on purpose.
+  warning; a trainer keeps the multipliers (they act under Adam) and starts from random on purpose,
+  a missing Gaussian decoder from the loaded VAE's decoder (the stage after VAE training).
   """
   present = checkpoint.available_components(checkpoint_dir) if checkpoint_dir else set()
   parts, random = {}, []
@@ -60,6 +61,9 @@ def build_flashworld(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       else:
         parts[name] = create()
         random.append(name)
+    if for_training and "gaussian_decoder" in random and "vae" not in random:
+      init_from_vae(parts["gaussian_decoder"], parts["vae"])
+      logging.info("gaussian_decoder: trunk initialised from the loaded VAE decoder")
     if not for_training:
       parts["gaussian_decoder"].fold_lr_multipliers()
   if random and for_training:

@@ -16,7 +16,7 @@ from flax import nnx
 from flashworld_jax import sharding
 from flashworld_jax.models import vae_layers as L
 from flashworld_jax.models.gaussian_head import GAUSSIAN_DIM, PixelAlignedGaussianHead
-from flashworld_jax.models.vae import VIEW_AXES, WanVAEDecoder
+from flashworld_jax.models.vae import VIEW_AXES, WanVAE, WanVAEDecoder
 
 
 class GaussianDecoder(nnx.Module):
@@ -64,3 +64,11 @@ class GaussianDecoder(nnx.Module):
   def fold_lr_multipliers(self) -> None:
     """Folds the head's learning-rate multipliers into its weights (inference, fp32)."""
     self.gs_head.fold_lr_multipliers()
+
+
+def init_from_vae(gaussian_decoder: GaussianDecoder, vae: WanVAE) -> None:
+  """Starts D_G as the VAE's decoder (spec §5.1): its post_quant_conv and every decoder layer but
+  conv_out (which D_G lacks) and norm_out (D_G's own is fresh), in place."""
+  nnx.update(gaussian_decoder.post_quant_conv, nnx.state(vae.post_quant_conv))
+  trunk = nnx.Not(nnx.Any(nnx.PathContains("conv_out"), nnx.PathContains("norm_out")))
+  nnx.update(gaussian_decoder.decoder, nnx.state(vae.decoder, trunk))

@@ -183,12 +183,13 @@ class WanVAE(nnx.Module):
   def unnormalize_latent(self, z: jax.Array) -> jax.Array:
     return z * self.latents_std[...] + self.latents_mean[...]
 
-  def decode(self, z: jax.Array) -> jax.Array:
-    """Raw (un-normalised) latents [B, h, w, z] → images [B, 16h, 16w, 3] clamped to [−1, 1]."""
+  def decode(self, z: jax.Array, clip: bool = True) -> jax.Array:
+    """Raw (un-normalised) latents [B, h, w, z] → images [B, 16h, 16w, 3] clamped to [−1, 1]
+    (`clip=False`: unclamped, so that VAE training keeps the gradient of saturated pixels)."""
     if self.decoder is None:
       raise ValueError("decode: this WanVAE was built with with_decoder=False")
     if z.ndim != 4:
       raise ValueError(f"decode: latents must be [B, h, w, z], got shape {z.shape}")
     x = self.post_quant_conv(sharding.constrain(z.astype(self.dtype), VIEW_AXES))
     out = L.unpatchify(self.decoder(x), self.patch_size).astype(jnp.float32)
-    return jnp.clip(out, -1.0, 1.0)
+    return jnp.clip(out, -1.0, 1.0) if clip else out

@@ -29,6 +29,9 @@ from flashworld_jax.sampling.scheduler import FlowMatchScheduler
 from flashworld_jax.sampling.timing import Timings
 
 
+_MIN_ALPHA = 1e-6  # expected depth divides by the accumulated opacity, which may be 0
+
+
 class SceneConditioning(NamedTuple):
   """Everything the sampler conditions on, for one scene of V views (normalised frame)."""
   context: jax.Array       # [1, L_txt, text_dim] text embeddings, zero past the prompt
@@ -103,21 +106,31 @@ def decode(model: FlashWorld, feature: jax.Array, x0_mv: jax.Array, cams: jax.Ar
   return model.gaussian_decoder(feature, x0_mv, cams, model.vae.unnormalize_latent)
 
 
-def render(gaussians: jax.Array, cams: jax.Array, settings: RenderSettings
-           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def render_with_depth(gaussians: jax.Array, cams: jax.Array, settings: RenderSettings
+                      ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """Renders every view, one at a time (bounded memory), with a white background.
 
-  Returns (rgb [V,H,W,3] in [−1, 1], n_isects [V], max_tile_count [V]); the counts exceed the
-  capacity exactly when the images are invalid.
+  Returns (rgb [V,H,W,3] in [−1, 1], expected depth [V,H,W], n_isects [V], max_tile_count [V]).
+  The expected depth is the opacity-weighted mean camera z, Σ wᵢ zᵢ / Σ wᵢ, about 0 where nothing
+  was hit (as the synthetic data's depth). The counts exceed the capacity exactly when the images
+  are invalid.
   """
   def one_view(cam):
-    rgb, _, _, meta = render_gaussians(
+    rgb, depth, alpha, meta = render_gaussians(
         gaussians, cam[None], settings.height, settings.width, background=1.0,
         near_plane=settings.near_plane, far_plane=settings.far_plane, capacity=settings.capacity,
         backend=settings.backend)
-    return rgb[0], meta["n_isects"], meta["max_tile_count"]
+    expected_depth = depth[0, ..., 0] / jnp.maximum(alpha[0, ..., 0], _MIN_ALPHA)
+    return rgb[0], expected_depth, meta["n_isects"], meta["max_tile_count"]
 
   return jax.lax.map(one_view, cams)
+
+
+def render(gaussians: jax.Array, cams: jax.Array, settings: RenderSettings
+           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`render_with_depth` without the depth: (rgb [V,H,W,3], n_isects [V], max_tile_count [V])."""
+  rgb, _, n_isects, max_tile_count = render_with_depth(gaussians, cams, settings)
+  return rgb, n_isects, max_tile_count
 
 
 def reencode(model: FlashWorld, rgb: jax.Array, key: jax.Array) -> jax.Array:

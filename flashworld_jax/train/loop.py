@@ -1,7 +1,9 @@
 """The one training loop of every stage: mesh → data → model and optimizer → shardings → step →
 checkpoint → evaluation → loop.
 
-A stage (`STAGES`) supplies the trainable components and its pure step function; everything else —
+A stage (`STAGES`) supplies the trainable components and its pure step function, and optionally the
+components it exports (`COMPONENTS`), per-sample constants (`batch_constants`) and its own held-out
+evaluation (`evaluate`, default: the 3D mode's); everything else —
 exact resume from the latest checkpoint (state and data order), a NaN/Inf guard that skips the update
 and stops after `max_consecutive_nonfinite` in a row, render capacities grown on overflow (the same
 batch re-runs), progress bar, JSONL and TensorBoard metrics, periodic held-out evaluation and
@@ -10,6 +12,7 @@ SIGTERM (preemption) saves — is shared.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -29,9 +32,9 @@ from flashworld_jax.data import ood, pipeline, sampling
 from flashworld_jax.io import atomic
 from flashworld_jax.models.tokenizer import load_tokenizer
 from flashworld_jax.sampling import sampler
-from flashworld_jax.train import checkpoints, distill, evaluation, metric_writer, pretrain
+from flashworld_jax.train import autoencoder, checkpoints, distill, evaluation, metric_writer, pretrain
 
-STAGES = {"pretrain": pretrain, "distill": distill}
+STAGES = {"vae": autoencoder, "pretrain": pretrain, "distill": distill}
 _HOST_ONLY = ("text", "clip_id")          # strings stay on the host; tokens go to the devices
 
 
@@ -130,8 +133,8 @@ def global_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
 def components(stage, graphdef, state, frozen) -> dict[str, nnx.State]:
   """The model in `generate`'s checkpoint layout, with the EMA weights of the trained parts."""
   model = stage.flashworld(graphdef, state, frozen)
-  return {name: nnx.state(getattr(model, name))
-          for name in ("dit", "vae", "gaussian_decoder", "text_encoder")}
+  names = getattr(stage, "COMPONENTS", ("dit", "vae", "gaussian_decoder", "text_encoder"))
+  return {name: nnx.state(getattr(model, name)) for name in names}
 
 
 def grown_settings(settings: sampler.RenderSettings, needed) -> sampler.RenderSettings:
@@ -143,10 +146,29 @@ def _shardings(tree):
   return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def _compile_step(stage, cfg, graphdef, settings, state, frozen, batch_shardings):
-  step = stage.make_step(cfg, graphdef, settings)
-  return jax.jit(step, in_shardings=(_shardings(state), _shardings(frozen), batch_shardings),
+# Executables by their StableHLO: a run again in the same process (resumed, re-run in a notebook, a
+# sweep, the test suite) whose step lowers to the same program does not compile it again.
+_EXECUTABLES: dict[str, jax.stages.Compiled] = {}
+_MAX_EXECUTABLES = 8
+
+
+def release_executables() -> None:
+  """Drops the kept executables (their memory goes once nothing else holds them)."""
+  _EXECUTABLES.clear()
+
+
+def _compile_step(stage, cfg, graphdef, settings, state, frozen, batch):
+  """The step compiled for these arguments' shapes and shardings (the state is donated)."""
+  step = jax.jit(stage.make_step(cfg, graphdef, settings),
+                 in_shardings=(_shardings(state), _shardings(frozen), _shardings(batch)),
                  out_shardings=(_shardings(state), None), donate_argnums=0)
+  lowered = step.lower(state, frozen, batch)
+  key = hashlib.sha256(lowered.as_text().encode()).hexdigest()
+  if key not in _EXECUTABLES:
+    if len(_EXECUTABLES) >= _MAX_EXECUTABLES:
+      del _EXECUTABLES[next(iter(_EXECUTABLES))]
+    _EXECUTABLES[key] = lowered.compile()
+  return _EXECUTABLES[key]
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = None) -> dict:
@@ -170,17 +192,19 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
   dataset = pipeline.make_dataset(sources(cfg), sample_spec(cfg), cfg.data.batch_size, cfg.seed,
                                   tokenize=tokenize, **ood_mix(cfg))
   iterator = pipeline.make_iterator(dataset, cfg.data.num_threads, cfg.data.prefetch)
-  eval_scenes = (evaluation.load_scenes(cfg, tokenize, cfg.eval.num_scenes)
-                 if cfg.data.eval_dir and cfg.eval_every else [])
+  d = cfg.data
+  eval_scenes = (evaluation.load_scenes(
+      d.eval_dir, d.eval_split,
+      evaluation.eval_spec(d.num_input_views, d.num_novel_views, d.height, d.width), tokenize,
+      cfg.eval.num_scenes) if d.eval_dir and cfg.eval_every else [])
 
   # ------------------------------------------------------------------ model and optimizer
   graphdef, state, frozen = stage.build(cfg, mesh)
   constants = stage.batch_constants(cfg, tokenize) if hasattr(stage, "batch_constants") else {}
 
-  # ------------------------------------------------------------------ shardings and step
-  batch_shardings = NamedSharding(mesh, P(("data", "fsdp")))
+  # ------------------------------------------------------------------ render capacity and step
   settings = render_settings(cfg)
-  step_fn = _compile_step(stage, cfg, graphdef, settings, state, frozen, batch_shardings)
+  step_fn = None                  # compiled for the first batch
   eval_settings = dataclasses.replace(settings)
 
   # ------------------------------------------------------------------ checkpoint
@@ -202,18 +226,20 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
   summary = {"start_step": start}
   if eval_scenes and start == 0:
     summary["eval_initial"], eval_settings = _evaluate(
-        cfg, stage.flashworld(graphdef, state, frozen), eval_scenes, eval_settings, 0, writer)
+        stage, cfg, stage.flashworld(graphdef, state, frozen), eval_scenes, eval_settings, 0, writer)
   try:
     with jax.set_mesh(mesh), tqdm(total=end, initial=start, desc=f"{cfg.stage}",
                                   unit="step", disable=jax.process_index() != 0) as bar:
       while step < end:
         batch = global_batch(with_constants(next(iterator), constants), mesh)
+        if step_fn is None:
+          step_fn = _compile_step(stage, cfg, graphdef, settings, state, frozen, batch)
         while True:
           state, metrics = step_fn(state, frozen, batch)
           if not bool(metrics["overflow"]):
             break
           settings = grown_settings(settings, np.asarray(metrics["needed"]))
-          step_fn = _compile_step(stage, cfg, graphdef, settings, state, frozen, batch_shardings)
+          step_fn = _compile_step(stage, cfg, graphdef, settings, state, frozen, batch)
         step += 1
         scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
         nonfinite_streak = nonfinite_streak + 1 if scalars["nonfinite"] else 0
@@ -225,7 +251,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
                                 f"the last good checkpoint is step {last_saved or start}")
         interval.append(scalars)
         bar.update(1)
-        bar.set_postfix(loss=f"{scalars['loss']:.4f}", l3d=f"{scalars.get('loss_3d', 0):.4f}")
+        bar.set_postfix({k: f"{scalars[k]:.4f}" for k in ("loss", "loss_3d") if k in scalars})
         if step % cfg.log_every == 0 or step == end:
           seconds = (time.perf_counter() - interval_start) / len(interval)
           means = {k: float(np.mean([s[k] for s in interval])) for k in interval[0]}
@@ -234,7 +260,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
                                       "learning_rate": float(_learning_rate(cfg, step))})
           interval, interval_start = [], time.perf_counter()
         if eval_scenes and (step % cfg.eval_every == 0 or step == end):
-          eval_metrics, eval_settings = _evaluate(cfg, stage.flashworld(graphdef, state, frozen),
+          eval_metrics, eval_settings = _evaluate(stage, cfg,
+                                                  stage.flashworld(graphdef, state, frozen),
                                                   eval_scenes, eval_settings, step, writer)
           summary["eval"] = eval_metrics
           interval_start = time.perf_counter()
@@ -259,9 +286,10 @@ def _learning_rate(cfg, step: int) -> float:
   return cfg.optimizer.learning_rate * min(1.0, step / warmup)
 
 
-def _evaluate(cfg, model, scenes, settings, step, writer):
+def _evaluate(stage, cfg, model, scenes, settings, step, writer):
   start = time.perf_counter()
-  metrics, strips, settings = evaluation.evaluate_3d(model, scenes, cfg, settings)
+  evaluate = getattr(stage, "evaluate", evaluation.evaluate_3d)
+  metrics, strips, settings = evaluate(model, scenes, cfg, settings)
   metrics = {f"eval/{k}": v for k, v in metrics.items()}
   metrics["eval/seconds"] = time.perf_counter() - start
   writer.write_scalars(step, metrics)

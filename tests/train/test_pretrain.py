@@ -93,6 +93,9 @@ def test_nonfinite_update_is_skipped(tiny_config, mesh1):
     np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
 
 
+# Slow lane (170 s, most of it compiling the 8-device step); the sharded DiT, VAE and Gaussian
+# decoder are compared with one device in the default suite (tests/models).
+@pytest.mark.slow
 def test_sharded_step_equals_the_one_device_step(tiny_config, mesh1):
   cfg = tiny_config
   cfg.data.batch_size = 4
