@@ -69,6 +69,8 @@ class GaussianDecoder(nnx.Module):
 def init_from_vae(gaussian_decoder: GaussianDecoder, vae: WanVAE) -> None:
   """Starts D_G as the VAE's decoder (spec §5.1): its post_quant_conv and every decoder layer but
   conv_out (which D_G lacks) and norm_out (D_G's own is fresh), in place."""
-  nnx.update(gaussian_decoder.post_quant_conv, nnx.state(vae.post_quant_conv))
+  # Copies, not shared buffers: D_G trains (its state is donated) while the VAE stays frozen.
+  copy = lambda state: jax.tree.map(jnp.copy, state)  # noqa: E731
+  nnx.update(gaussian_decoder.post_quant_conv, copy(nnx.state(vae.post_quant_conv)))
   trunk = nnx.Not(nnx.Any(nnx.PathContains("conv_out"), nnx.PathContains("norm_out")))
-  nnx.update(gaussian_decoder.decoder, nnx.state(vae.decoder, trunk))
+  nnx.update(gaussian_decoder.decoder, copy(nnx.state(vae.decoder, trunk)))

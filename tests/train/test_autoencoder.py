@@ -97,6 +97,9 @@ def test_gaussian_decoder_starts_from_the_trained_vae_decoder(vae_run):
   assert copied and all(path in vae_params for path in copied)
   for path in copied:
     np.testing.assert_array_equal(trunk_params[path][...], vae_params[path][...])
+    # Own buffers: D_G's state is donated by the training step, the frozen VAE's must survive it.
+    assert (trunk_params[path][...].unsafe_buffer_pointer()
+            != vae_params[path][...].unsafe_buffer_pointer()), path
   np.testing.assert_array_equal(model.gaussian_decoder.post_quant_conv.kernel[...],
                                 model.vae.post_quant_conv.kernel[...])
   # The trained norm_out is not copied: D_G's own starts fresh.
