@@ -27,6 +27,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from flashworld_jax import checkpoint as model_checkpoint
 from flashworld_jax import sharding
 from flashworld_jax.data import ood, pipeline, sampling
 from flashworld_jax.io import atomic
@@ -133,7 +134,7 @@ def global_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
 def components(stage, graphdef, state, frozen) -> dict[str, nnx.State]:
   """The model in `generate`'s checkpoint layout, with the EMA weights of the trained parts."""
   model = stage.flashworld(graphdef, state, frozen)
-  names = getattr(stage, "COMPONENTS", ("dit", "vae", "gaussian_decoder", "text_encoder"))
+  names = getattr(stage, "COMPONENTS", model_checkpoint.COMPONENTS)
   return {name: nnx.state(getattr(model, name)) for name in names}
 
 
