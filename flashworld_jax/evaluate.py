@@ -15,7 +15,8 @@ steps) and decodes its latents with the VAE, so it has the input views only: no 
 depth scores.
 
 `<output>/report.json` (written atomically) holds per scene and as means over scenes: PSNR and SSIM
-at the conditioning view, at the other input views, at all input views and at the novel views, the
+at the conditioning view, at the other input views, at all input views, at the novel views and at
+every view but the conditioning one (`other`, the demo model's acceptance group), the
 abs-rel error of the expected depth against the records' z-depth where they hold one (synthetic
 data; pixels without a surface are left out), the generation time (conditioning and sampling; in
 3D mode not the scoring renders), and two trivial baselines scored on the same views: the

@@ -12,6 +12,10 @@ Each folder appears only when complete, and replaces an existing one only with -
 runs (--text/--image) are named after the prompt's first words (or the image's file name) and take
 the next free name (`a-quiet-harbour-at-dawn`, then `a-quiet-harbour-at-dawn-2`, ...).
 
+With `--ground_truth` (a held-out scene's views, e.g. from `python -m flashworld_jax.data.export_request`)
+the scene is also rendered at every request camera and scored: scores.json holds the PSNR per view, at
+the image's view and over the other views, next to the trivial baseline of the image shown at every view.
+
 Flags, the output location and every request are checked before any model work: a problem is one
 line `error: ...` on stderr, exit status 1, and nothing written. `--num_views` keeps an image on its
 own camera (io.prepare.with_num_views).
@@ -36,7 +40,7 @@ from tqdm import tqdm
 from flashworld_jax import checkpoint, cli, sharding
 from flashworld_jax.export import ply, spz, video, world_frame
 from flashworld_jax.geometry import crop, trajectories
-from flashworld_jax.io import atomic, prepare, request as request_lib
+from flashworld_jax.io import atomic, ground_truth, prepare, request as request_lib
 from flashworld_jax.io.check_request import request_files
 from flashworld_jax.models.flashworld import build_flashworld
 from flashworld_jax.models.tokenizer import load_tokenizer
@@ -75,6 +79,9 @@ _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtyp
 _OPACITY_THRESHOLD = flags.DEFINE_float("opacity_threshold", None,
                                         "Drop Gaussians below this opacity in PLY/SPZ.",
                                         lower_bound=0.0, upper_bound=1.0)
+_GROUND_TRUTH = flags.DEFINE_string(
+    "ground_truth", None, "A folder of the request's true views (000.png, ...): the scene is rendered "
+    "at every camera and scored (PSNR, printed and in scores.json). One request only.")
 _SAMPLER = flags.DEFINE_enum("sampler", "staged", ["staged", "fused"],
                              "staged: per-stage compiled and timed; fused: one jitted function.")
 
@@ -241,8 +248,22 @@ def render_video(staged: sampler_lib.StagedSampler, gaussians, frame, fps: int,
   return np.concatenate(frames)
 
 
-def generate_scene(model, tokenizer, req, cfg, output_dir: str, seed: int, mesh) -> str:
-  """Samples one scene and writes its folder atomically; returns the folder."""
+def load_ground_truth(requests: list[request_lib.SceneRequest]) -> np.ndarray | None:
+  if _GROUND_TRUTH.value is None:
+    return None
+  if len(requests) != 1:
+    raise GenerateError(f"--ground_truth: scores one request, --input holds {len(requests)}")
+  req = requests[0]
+  try:
+    return ground_truth.load_views(_GROUND_TRUTH.value, req.num_views, req.height, req.width)
+  except ground_truth.GroundTruthError as e:
+    raise GenerateError(str(e)) from None
+
+
+def generate_scene(model, tokenizer, req, cfg, output_dir: str, seed: int, mesh,
+                   truth: np.ndarray | None = None) -> str:
+  """Samples one scene and writes its folder atomically (scored against `truth`, the request's
+  views, when given); returns the folder."""
   timings = Timings()
   start = time.perf_counter()
   image_key, sample_key = jax.random.split(jax.random.key(seed))
@@ -265,6 +286,12 @@ def generate_scene(model, tokenizer, req, cfg, output_dir: str, seed: int, mesh)
     frames = None
     if _VIDEO.value:
       frames = render_video(staged, gaussians, frame, _VIDEO_FPS.value, staged.settings)
+    scores = None
+    if truth is not None:
+      renders = staged.render("export/ground_truth_render", gaussians, jnp.asarray(frame.cams))
+      image_index = req.image_index if req.image is not None else None
+      scores = ground_truth.scores(video.frames_from_renders(np.asarray(renders)), truth,
+                                   image_index)
   folder = os.path.join(output_dir, req.name)
   with atomic.atomic_directory(folder, replace=_OVERWRITE.value) as tmp:
     with timings.measure("export/world_frame"):
@@ -286,7 +313,22 @@ def generate_scene(model, tokenizer, req, cfg, output_dir: str, seed: int, mesh)
               "render_capacity": staged.settings.capacity._asdict(), **timings.as_dict(),
               "wall_seconds": time.perf_counter() - start}
     atomic.write_text(os.path.join(tmp, "timings.json"), json.dumps(report, indent=1) + "\n")
+    if scores is not None:
+      atomic.write_text(os.path.join(tmp, "scores.json"), json.dumps(scores, indent=1) + "\n")
+  if scores is not None:
+    print(_scores_line(scores), flush=True)
   return folder
+
+
+def _scores_line(scores: dict) -> str:
+  line = "PSNR against the ground truth:"
+  if "psnr_image_view" in scores:
+    line += f" {scores['psnr_image_view']:.2f} dB at the image's view;"
+  if "psnr_other_views" in scores:
+    line += f" {scores['psnr_other_views']:.2f} dB over the other views"
+  if "baseline_image_psnr_other_views" in scores:
+    line += f" (the input image shown at them: {scores['baseline_image_psnr_other_views']:.2f} dB)"
+  return line
 
 
 def run() -> list[str]:
@@ -295,6 +337,7 @@ def run() -> list[str]:
   _check_output_dir(_OUTPUT_DIR.value)
   requests = collect_requests()
   _check_no_replacement(requests, _OUTPUT_DIR.value)
+  truth = load_ground_truth(requests)
   tokenizer_spec = _check_model_files(cfg)
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)  # everything checked: the model work starts
   tokenizer = load_tokenizer(tokenizer_spec)
@@ -307,7 +350,7 @@ def run() -> list[str]:
       seed = secrets.randbits(63)
     logging.info("[%d/%d] %s: %d views at %dx%d, seed %d", i + 1, len(requests), req.name,
                  req.num_views, req.height, req.width, seed)
-    folders.append(generate_scene(model, tokenizer, req, cfg, _OUTPUT_DIR.value, seed, mesh))
+    folders.append(generate_scene(model, tokenizer, req, cfg, _OUTPUT_DIR.value, seed, mesh, truth))
     files = ", ".join(sorted(os.listdir(folders[-1])))
     print(f"wrote {os.path.abspath(folders[-1])}: {files}", flush=True)
   return folders

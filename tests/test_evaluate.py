@@ -127,11 +127,11 @@ def test_3d_report_scores_every_group_finitely(report_3d):
   report, _ = report_3d
   assert report["mode"] == "3d" and report["random_components"] == []
   assert (report["num_scenes"], report["num_input_views"], report["num_novel_views"]) == (2, 3, 1)
-  groups = ("condition_view", "input", "input_other", "novel")
+  groups = ("condition_view", "input", "input_other", "novel", "other")
   assert set(report["metrics"]) == {f"{m}_{g}" for m in ("psnr", "ssim", "depth_abs_rel")
                                     for g in groups}
   assert set(report["baselines"]) == {f"{b}_psnr_{g}" for b in ("condition_image", "mean_colour")
-                                      for g in ("input_other", "novel")}
+                                      for g in ("input_other", "novel", "other")}
   assert all(math.isfinite(x) for x in _numbers(report))
   assert [s["clip_id"] for s in report["scenes"]] == ["test/0", "test/1"]
   for key, value in report["metrics"].items():
@@ -144,7 +144,7 @@ def test_baselines_match_numpy(report_3d, inputs):
   report, _ = report_3d
   for scene, entry in zip(_scenes(inputs), report["scenes"]):
     x = np.asarray(scene["images"], np.float64) / 127.5 - 1.0
-    for group, views in (("input_other", [1, 2]), ("novel", [3])):
+    for group, views in (("input_other", [1, 2]), ("novel", [3]), ("other", [1, 2, 3])):
       target = x[views]
       condition = _psnr(np.broadcast_to(x[0], target.shape), target).mean()
       mean_colour = _psnr(np.broadcast_to(target.mean(axis=(0, 1, 2)), target.shape), target).mean()
@@ -176,9 +176,9 @@ def test_mv_mode_scores_the_input_views_only(inputs, tmp_path):
   assert (report["mode"], report["num_novel_views"], report["num_steps"],
           report["guidance_scale"]) == ("mv", 0, 1, 2.0)
   assert set(report["metrics"]) == {f"{m}_{g}" for m in ("psnr", "ssim")
-                                    for g in ("condition_view", "input", "input_other")}
-  assert set(report["baselines"]) == {"condition_image_psnr_input_other",
-                                      "mean_colour_psnr_input_other"}
+                                    for g in ("condition_view", "input", "input_other", "other")}
+  assert set(report["baselines"]) == {f"{b}_psnr_{g}" for b in ("condition_image", "mean_colour")
+                                      for g in ("input_other", "other")}
   assert all(math.isfinite(x) for x in _numbers(report))
   sheet = Image.open(tmp_path / "contact_sheet.png")
   assert sheet.size == (INPUTS * WIDTH, SCENES * 2 * HEIGHT + 4)
@@ -195,7 +195,7 @@ def test_scene_metrics_against_numpy_with_masked_depth():
   scores = evaluation.scene_metrics(rgb, images, INPUTS, depth, gt)
   target = images / 127.5 - 1.0
   for group, group_views in (("condition_view", [0]), ("input_other", [1, 2]), ("novel", [3]),
-                             ("input", [0, 1, 2])):
+                             ("input", [0, 1, 2]), ("other", [1, 2, 3])):
     valid = gt[group_views] > 0
     error = np.abs(depth[group_views] - gt[group_views])[valid] / gt[group_views][valid]
     assert scores[f"depth_abs_rel_{group}"] == pytest.approx(error.mean(), rel=1e-5)

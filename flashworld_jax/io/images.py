@@ -68,8 +68,13 @@ def decode_image(source: str, base_dir: str = ".") -> np.ndarray:
   return np.asarray(rgb, np.uint8)
 
 
-def encode_png_data_uri(image: np.ndarray) -> str:
-  """A `data:image/png;base64,...` URI of a uint8 RGB image [H, W, 3]."""
+def encode_png(image: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 RGB image [H, W, 3]."""
   buffer = io.BytesIO()
   Image.fromarray(np.asarray(image, np.uint8), "RGB").save(buffer, format="PNG")
-  return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+  return buffer.getvalue()
+
+
+def encode_png_data_uri(image: np.ndarray) -> str:
+  """A `data:image/png;base64,...` URI of a uint8 RGB image [H, W, 3]."""
+  return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")

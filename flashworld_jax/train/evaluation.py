@@ -168,11 +168,13 @@ def to_uint8(images) -> np.ndarray:
 
 def view_groups(num_views: int, num_input_views: int) -> dict[str, np.ndarray]:
   """Views scored together, empty groups left out: the conditioning view, all input views, the
-  input views other than the conditioning one, and the novel views."""
-  inputs = np.arange(min(num_input_views, num_views))
+  input views other than the conditioning one, the novel views, and every view but the conditioning
+  one (`other`: the demo model's acceptance group)."""
+  views = np.arange(num_views)
+  inputs = views[:num_input_views]
   groups = {"condition_view": np.array([CONDITION_VIEW]), "input": inputs,
             "input_other": inputs[inputs != CONDITION_VIEW],
-            "novel": np.arange(num_input_views, num_views)}
+            "novel": views[num_input_views:], "other": views[views != CONDITION_VIEW]}
   return {name: views for name, views in groups.items() if len(views)}
 
 
