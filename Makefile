@@ -79,16 +79,16 @@ distill-ablations: $(STAMPS)/runtime $(DEMO_DATA)
 # README "Results": each stage's exported model scored on the 16 held-out scenes (4 input views at
 # stride 1, 4 novel ones), the stage table and the training curves into docs/results.
 EVALUATE := $(PY) -m flashworld_jax.evaluate --config=configs/flashworld.py:demo \
-  --data=data/synthetic-validation:validation --num_input_views=4 --num_novel_views=4 --num_scenes=16
+  --data=data/synthetic-validation:validation --num_input_views=4 --num_scenes=16
 results: $(STAMPS)/runtime $(DEMO_DATA)
 	for run in pretrain distill_no_cmc distill_no_ood; do \
 	  $(PY) -m flashworld_jax.train.export --workdir=runs/demo_$$run --output=runs/export/$$run || exit 1; done
 	$(EVALUATE) --checkpoint=runs/export/pretrain --mode=mv --output=runs/eval/pretrain_mv
-	$(EVALUATE) --checkpoint=runs/export/pretrain --output=runs/eval/pretrain_3d
-	$(EVALUATE) --checkpoint=runs/export/distill_no_cmc --output=runs/eval/distill_no_cmc
-	$(EVALUATE) --checkpoint=runs/export/distill_no_ood --output=runs/eval/distill_no_ood
-	$(EVALUATE) --checkpoint=checkpoints/demo --output=runs/eval/distill
+	$(EVALUATE) --checkpoint=runs/export/pretrain --num_novel_views=4 --output=runs/eval/pretrain_3d
+	$(EVALUATE) --checkpoint=runs/export/distill_no_cmc --num_novel_views=4 --output=runs/eval/distill_no_cmc
+	$(EVALUATE) --checkpoint=runs/export/distill_no_ood --num_novel_views=4 --output=runs/eval/distill_no_ood
+	$(EVALUATE) --checkpoint=checkpoints/demo --num_novel_views=4 --output=runs/eval/distill
 	$(PY) -m flashworld_jax.train.results --output=docs/results \
 	  --runs=vae:runs/demo_vae,pretrain:runs/demo_pretrain,distill:runs/demo_distill \
-	  --reports="pre-trained MV mode:runs/eval/pretrain_mv,pre-trained 3D mode:runs/eval/pretrain_3d,distilled without CMC:runs/eval/distill_no_cmc,distilled without OOD:runs/eval/distill_no_ood,full distillation (shipped):runs/eval/distill"
-	cp runs/eval/distill/contact_sheet.png docs/results/contact_sheet.png
+	  --reports="pre-trained MV mode:runs/eval/pretrain_mv,pre-trained 3D mode:runs/eval/pretrain_3d,distilled without CMC:runs/eval/distill_no_cmc,distilled without OOD:runs/eval/distill_no_ood,full distillation (shipped):runs/eval/distill" \
+	  --contact_sheet=runs/eval/distill

@@ -50,6 +50,16 @@ def test_table_and_curves(tmp_path):
   np.testing.assert_array_equal(values, [10.0, 14.0])
 
 
+def test_sheet_top_keeps_whole_scenes():
+  height, gap = 10, 4
+  sheet = np.full((3 * 2 * height + 2 * gap, 8, 3), 255, np.uint8)
+  for scene in range(3):
+    sheet[scene * (2 * height + gap):scene * (2 * height + gap) + 2 * height] = scene
+  top = results.sheet_top(sheet, 3, 2)
+  assert top.shape[0] == 2 * 2 * height + gap
+  assert top[-1, 0, 0] == 1 and top[0, 0, 0] == 0
+
+
 def test_missing_inputs_are_named(tmp_path):
   with pytest.raises(results.ResultsError, match="report.json: no such file"):
     results.write([], [("x", str(tmp_path))], str(tmp_path / "out"))

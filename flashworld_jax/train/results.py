@@ -9,7 +9,9 @@ Writes `<output>/stage_table.md` (one row per report: PSNR at the conditioning v
 input views, the novel views and every view but the conditioning one, SSIM and depth abs-rel there,
 the best trivial baseline's PSNR on the same views and seconds per scene) and
 `<output>/curves_<run>.png` (each run's held-out evaluation metrics over training steps, from its
-`metrics.jsonl`). Images are drawn with PIL: no plotting dependency.
+`metrics.jsonl`) and, with `--contact_sheet=<evaluate output>`, `<output>/contact_sheet.png`: the
+first `--sheet_scenes` scenes of that evaluation's sheet. Images are drawn with PIL: no plotting
+dependency.
 """
 from __future__ import annotations
 
@@ -125,8 +127,17 @@ def stage_table(rows: list[tuple[str, dict]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def write(runs: list[tuple[str, str]], reports: list[tuple[str, str]], output: str) -> list[str]:
-  """Writes the table and the curves; returns the written paths."""
+def sheet_top(sheet: np.ndarray, num_scenes: int, keep: int) -> np.ndarray:
+  """The first `keep` scenes of an `evaluate` contact sheet of `num_scenes` (each scene's rows are
+  ground truth over renders, scenes apart by a 4-pixel white gap)."""
+  gap = 4
+  scene_height = (sheet.shape[0] + gap) // num_scenes
+  return sheet[:min(keep, num_scenes) * scene_height - gap]
+
+
+def write(runs: list[tuple[str, str]], reports: list[tuple[str, str]], output: str,
+          contact_sheet: str | None = None, sheet_scenes: int = 4) -> list[str]:
+  """Writes the table, the curves and the contact sheet; returns the written paths."""
   rows = [(label, _report(folder)) for label, folder in reports]
   curves = [(name, read_metrics(workdir)) for name, workdir in runs]
   os.makedirs(output, exist_ok=True)
@@ -142,6 +153,12 @@ def write(runs: list[tuple[str, str]], reports: list[tuple[str, str]], output: s
     path = os.path.join(output, f"curves_{name}.png")
     atomic.write_bytes(path, images.encode_png(plot(shown, f"{name}: held-out PSNR (dB)")))
     written.append(path)
+  if contact_sheet:
+    report = _report(contact_sheet)
+    sheet = images.decode_image(os.path.join(contact_sheet, "contact_sheet.png"))
+    path = os.path.join(output, "contact_sheet.png")
+    atomic.write_bytes(path, images.encode_png(sheet_top(sheet, len(report["scenes"]), sheet_scenes)))
+    written.append(path)
   return written
 
 
@@ -150,6 +167,8 @@ def define_flags() -> None:
   flags.DEFINE_list("runs", [], "name:workdir pairs of training runs.")
   flags.DEFINE_list("reports", [], "row label:folder pairs of `evaluate` outputs.")
   flags.DEFINE_string("output", "docs/results", "Folder for the table and the curves.")
+  flags.DEFINE_string("contact_sheet", None, "An `evaluate` output whose sheet to copy.")
+  flags.DEFINE_integer("sheet_scenes", 4, "Scenes of that sheet to keep.", lower_bound=1)
 
 
 def main(argv):
@@ -157,7 +176,8 @@ def main(argv):
   try:
     if len(argv) > 1:
       raise ResultsError(f"unexpected arguments {argv[1:]}")
-    for path in write(_pairs(fv.runs, "runs"), _pairs(fv.reports, "reports"), fv.output):
+    for path in write(_pairs(fv.runs, "runs"), _pairs(fv.reports, "reports"), fv.output,
+                      fv.contact_sheet, fv.sheet_scenes):
       print(path)
   except ResultsError as e:
     cli.exit_with_error(str(e))
