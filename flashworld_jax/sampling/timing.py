@@ -31,8 +31,12 @@ class Timings:
     self.run_seconds[name] = self.run_seconds.get(name, 0.0) + time.perf_counter() - start
 
   def compiled(self, kind: str, jitted: Callable, *args) -> Callable:
-    """`jitted.lower(*args).compile()`, cached per (kind, argument signature), timed once."""
-    key = (kind, _signature(args))
+    """`jitted.lower(*args).compile()`, cached per (function, argument signature), timed once.
+
+    The function is part of the key: two functions of one kind with the same arguments (a render
+    re-run with a grown capacity) are different programs.
+    """
+    key = (kind, jitted, _signature(args))
     if key not in self._compiled:
       start = time.perf_counter()
       self._compiled[key] = jitted.lower(*args).compile()

@@ -149,3 +149,13 @@ def test_multiview_sampler_with_guidance(scene):
   assert sigmas[0] == 1.0 and sigmas[-1] == 0.0
   assert _rel(latents, z) < 1e-4
   assert bool(jnp.all(jnp.isfinite(latents)))
+
+
+def test_timings_compile_each_function_apart():
+  """Two functions of one kind with the same argument shapes (a render re-run with a grown
+  capacity) must not share a compiled program: the re-run would repeat the overflowed render."""
+  timings = Timings()
+  x = jnp.ones((3,), jnp.float32)
+  double, triple = jax.jit(lambda v: 2.0 * v), jax.jit(lambda v: 3.0 * v)
+  np.testing.assert_array_equal(timings.run("a", "render", double, x), 2.0 * np.ones(3))
+  np.testing.assert_array_equal(timings.run("b", "render", triple, x), 3.0 * np.ones(3))
