@@ -66,7 +66,6 @@ def export(data_dir: str, split: str, index: int, num_views: int, output: str) -
     request, views = scene_request(data[index], index, num_views)
   except clips.DataError as e:
     raise ExportError(f"--num_views={num_views}: {e}") from None
-  request_lib.parse_request(request)   # the schema check generate applies
   with atomic.atomic_directory(output) as tmp:
     name = os.path.basename(os.path.normpath(output))
     request_lib.save_request(request_lib.load_request(request, name=name),
