@@ -38,14 +38,16 @@ demo: $(STAMPS)/runtime
 	$(PY) -m flashworld_jax.generate --config=configs/flashworld.py:demo --checkpoint=checkpoints/demo \
 	  --input=$(EXAMPLE) --output_dir=$(OUTPUT_DIR) --overwrite $(DEMO_FLAGS)
 
-# Two processes: the training tests compile the largest programs and start in a fresh one.
+# Two worker processes (one per core: most of a test's time is single-threaded XLA compilation),
+# each taking whole files; the training tests compile the largest programs and start in fresh ones.
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile
 test: $(STAMPS)/test
-	$(PY) -m pytest --ignore=tests/train
-	$(PY) -m pytest tests/train
+	$(PYTEST) --ignore=tests/train
+	$(PYTEST) tests/train
 
 test-all: $(STAMPS)/test
-	$(PY) -m pytest -m "" --ignore=tests/train
-	$(PY) -m pytest -m "" tests/train
+	$(PYTEST) -m "" --ignore=tests/train
+	$(PYTEST) -m "" tests/train
 
 bench: $(STAMPS)/test
 	for b in rasterizer denoiser vae text_encoder data train; do $(PY) -m bench.$$b || exit 1; done

@@ -12,7 +12,8 @@ view 0 (image), its caption (text) and the trajectory of `--num_input_views` fra
 renders its Gaussians at every view (inputs and novel views, with expected depth); `--mode=mv` runs
 the guided multi-view sampler (default guidance 5.0, the distillation teacher's, over 50 Euler
 steps) and decodes its latents with the VAE, so it has the input views only: no novel-view and no
-depth scores.
+depth scores. `--mode=autoencoder` generates nothing: every true view (inputs and novel) encoded
+and decoded by the checkpoint's VAE, the ceiling of what a latent-space output can score.
 
 `<output>/report.json` (written atomically) holds per scene and as means over scenes: PSNR and SSIM
 at the conditioning view, at the other input views, at all input views, at the novel views and at
@@ -77,8 +78,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS, sys_argv: list[str] | None 
   flags.DEFINE_integer("num_novel_views", 4, "Held-out views (3d mode).", lower_bound=0, **define)
   flags.DEFINE(cli.ResolutionParser(), "resolution", None, "H,W (default: the split's frame size).",
                serializer=flags.ListSerializer(","), **define)
-  flags.DEFINE_enum("mode", "3d", ["3d", "mv"], "3d: 4-step 3D-mode sampler, renders of its "
-                    "Gaussians; mv: guided multi-view sampler, views decoded by the VAE.", **define)
+  flags.DEFINE_enum("mode", "3d", ["3d", "mv", "autoencoder"], "3d: 4-step 3D-mode sampler, "
+                    "renders of its Gaussians; mv: guided multi-view sampler, views decoded by the "
+                    "VAE; autoencoder: the true views encoded and decoded by the VAE (a ceiling, no "
+                    "generation).", **define)
   flags.DEFINE_float("guidance_scale", 5.0, "mv: classifier-free guidance scale (the distillation "
                      "teacher's).", **define)
   flags.DEFINE_integer("num_steps", 50, "mv: Euler steps.", lower_bound=1, **define)
@@ -111,7 +114,7 @@ def _check_flags(fv: flags.FlagValues) -> None:
                         "from `python -m flashworld_jax.convert` or a trainer)")
   if os.path.exists(fv.output) and not os.path.isdir(fv.output):
     raise EvaluateError(f"--output={fv.output}: expected a folder, found a file")
-  if fv.mode == "3d":
+  if fv.mode != "mv":
     given = [f"--{name}" for name in _MV_ONLY if fv[name].present]
     if given:
       raise EvaluateError(f"{', '.join(given)}: only for --mode=mv")
@@ -167,7 +170,7 @@ def _tokenize_fn(fv: flags.FlagValues, cfg):
 
 
 def _num_novel_views(fv: flags.FlagValues) -> int:
-  return fv.num_novel_views if fv.mode == "3d" else 0
+  return 0 if fv.mode == "mv" else fv.num_novel_views
 
 
 def _load_scenes(fv: flags.FlagValues, folder: str, split: str, resolution, tokenize) -> list[dict]:
@@ -224,9 +227,27 @@ class _ModeMV:
     return rgb, None
 
 
+class _ModeAutoencoder:
+  """No generation: the true views through the VAE, the ceiling of any output decoded from latents
+  (the MV mode's) and the reference the 3D mode's Gaussian decoder starts from."""
+
+  def __init__(self, model, num_views: int):
+    self.model, self.num_views = model, num_views
+
+  def generate(self, scene: dict, key: jax.Array):
+    del key
+    return evaluation.reconstruct(self.model, scene, self.num_views)
+
+  def views(self, rgb, scene: dict):
+    del scene
+    return rgb, None
+
+
 def _make_mode(fv: flags.FlagValues, model, cfg, resolution, tokenize):
   if fv.mode == "3d":
     return _Mode3D(model, cfg, resolution, fv.num_input_views)
+  if fv.mode == "autoencoder":
+    return _ModeAutoencoder(model, fv.num_input_views + _num_novel_views(fv))
   return _ModeMV(model, cfg, tokenize, fv.num_input_views, fv.num_steps, fv.guidance_scale)
 
 

@@ -184,6 +184,22 @@ def test_mv_mode_scores_the_input_views_only(inputs, tmp_path):
   assert sheet.size == (INPUTS * WIDTH, SCENES * 2 * HEIGHT + 4)
 
 
+def test_autoencoder_mode_scores_the_vae_reconstruction_of_every_view(inputs, tmp_path):
+  report = _run(*_argv(inputs, str(tmp_path), "--mode=autoencoder", f"--num_novel_views={NOVEL}"))
+  assert (report["mode"], report["num_novel_views"]) == ("autoencoder", NOVEL)
+  assert not any(k.startswith("depth") for k in report["metrics"])
+  # The report's PSNR at each group is the numpy PSNR of the VAE's own encode-decode of the views.
+  model, _ = evaluate.build_flashworld(get_config("tiny"), sharding.single_device_mesh(), inputs[1])
+  expected = {}
+  for scene in _scenes(inputs):
+    target = scene["images"] / 127.5 - 1.0
+    psnr = _psnr(np.asarray(evaluation.reconstruct(model, scene, INPUTS + NOVEL)), target)
+    expected.setdefault("condition_view", []).append(psnr[0])
+    expected.setdefault("novel", []).append(psnr[INPUTS:].mean())
+  for group, values in expected.items():
+    np.testing.assert_allclose(report["metrics"][f"psnr_{group}"], np.mean(values), atol=1e-3)
+
+
 def test_scene_metrics_against_numpy_with_masked_depth():
   rng = np.random.default_rng(0)
   views = INPUTS + NOVEL

@@ -18,6 +18,7 @@ from flashworld_jax.models.flashworld import FlashWorld, _constructors
 from flashworld_jax.models.gan_head import GANHead
 from flashworld_jax.train import distill, loop, pretrain
 from flashworld_jax.train import state as state_lib
+from kernels import platform
 
 
 def abstract_batch(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict:
@@ -119,7 +120,8 @@ def compile_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, phase:
   batch = abstract_batch(cfg, mesh)
   jitted = jax.jit(step, in_shardings=(shardings(state), shardings(frozen), shardings(batch)),
                    out_shardings=(shardings(state), None), donate_argnums=0)
-  with jax.set_mesh(mesh):
+  # The kernels of the mesh's platform (a TPU topology's, lowered on a CPU host), not the host's.
+  with jax.set_mesh(mesh), platform.compiling_for(mesh.devices.flat[0].platform):
     return jitted.lower(state, frozen, batch).compile()
 
 

@@ -154,6 +154,20 @@ def sample_mv(model, scene: dict, uncond_context: jax.Array, key: jax.Array, *,
   return _decode(graphdef, state, latents)
 
 
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _reconstruct(graphdef, state, images):
+  vae = nnx.merge(graphdef, state).vae
+  mean, _ = vae.encode(images.astype(jnp.float32) / 127.5 - 1.0)
+  return vae.decode(mean)
+
+
+def reconstruct(model, scene: dict, num_views: int) -> jax.Array:
+  """The scene's first `num_views` true views encoded (posterior mean) and decoded by the VAE:
+  rgb [V, H, W, 3], what a perfect latent of each view would decode to."""
+  graphdef, state = nnx.split(model)
+  return _reconstruct(graphdef, state, jnp.asarray(scene["images"][:num_views]))
+
+
 # ----------------------------------------------------------------------------- scores
 
 

@@ -122,23 +122,34 @@ def pretrain_loss(params, frozen, graphdef, inputs: Inputs, view_mask: jax.Array
   loss_mv = losses.flow_matching_loss(velocity, noise, z0)
   x0_mv = z - sigma[:, None, None, None, None] * velocity
   gaussians = decode_scenes(model, feature, x0_mv, inputs.cams_in)
-  num_novel = inputs.cams_novel.shape[1]
-  if pcfg.random_background:
-    backgrounds = jax.random.uniform(keys[5], (b, num_novel, 3))
-  else:
-    backgrounds = jnp.ones((b, num_novel, 3))
-  rgb, needed = rendering.render_views(gaussians, inputs.cams_novel, backgrounds, settings)
   num_input_views = inputs.cams_in.shape[1]
-  target = inputs.images[:, num_input_views:]
+  supervise_inputs = pcfg.input_view_loss_weight > 0
+  # Views rendered: the novel ones, and the input ones too where they are supervised.
+  first = 0 if supervise_inputs else num_input_views
+  cams = jnp.concatenate([inputs.cams_in, inputs.cams_novel], axis=1)[:, first:]
+  if pcfg.random_background:
+    # The novel views' backgrounds do not depend on whether the input views are rendered too.
+    backgrounds = jnp.concatenate(
+        [jax.random.uniform(jax.random.fold_in(keys[5], 1), (b, num_input_views, 3)),
+         jax.random.uniform(keys[5], inputs.cams_novel.shape[:2] + (3,))], axis=1)[:, first:]
+  else:
+    backgrounds = jnp.ones(cams.shape[:2] + (3,))
+  rgb, needed = rendering.render_views(gaussians, cams, backgrounds, settings)
   # The ground truth sits on the scene's own background; the random background behind the renders
   # teaches the decoder to cover every pixel the views see.
-  loss_3d = losses.masked_mse(rgb, target, view_mask[:, num_input_views:])
+  target, mask = inputs.images[:, first:], view_mask[:, first:]
+  is_novel = jnp.arange(first, first + cams.shape[1]) >= num_input_views
+  loss_3d = losses.masked_mse(rgb, target, mask * is_novel)
   loss = loss_mv + pcfg.loss_3d_weight * loss_3d
-  metrics = {"loss": loss, "loss_mv": loss_mv, "loss_3d": loss_3d,
+  metrics = {"loss_mv": loss_mv, "loss_3d": loss_3d,
              "psnr_3d_train": 10.0 * jnp.log10(4.0 / jnp.maximum(loss_3d, 1e-10)),
              "self_conditioned": use.astype(jnp.float32),
              "needed": jnp.maximum(needed, needed_fb)}
-  return loss, metrics
+  if supervise_inputs:
+    loss_input = losses.masked_mse(rgb, target, mask * ~is_novel)
+    loss = loss + pcfg.input_view_loss_weight * loss_input
+    metrics["loss_3d_input"] = loss_input
+  return loss, {"loss": loss, **metrics}
 
 
 def build(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from flashworld_jax import sharding
+from kernels import platform
 from kernels.attention import pallas_tpu, reference
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
@@ -25,7 +26,7 @@ def _xla(q, k, v, interpret):
 
 def _cudnn(q, k, v, interpret):
   del interpret
-  if jax.default_backend() != "gpu":
+  if platform.current() != "gpu":
     raise NotImplementedError("cuDNN attention needs a GPU backend")
   if q.dtype not in _CUDNN_DTYPES:
     raise NotImplementedError(f"cuDNN attention needs bf16/fp16 inputs, got {q.dtype}")
@@ -49,7 +50,7 @@ def _candidates(implementation: str | Sequence[str]) -> tuple[str, ...]:
   resolved = []
   for name in names:
     if name == "auto":
-      resolved += {"gpu": ["cudnn"], "tpu": ["splash"]}.get(jax.default_backend(), []) + ["xla"]
+      resolved += {"gpu": ["cudnn"], "tpu": ["splash"]}.get(platform.current(), []) + ["xla"]
     elif name in _BACKENDS:
       resolved.append(name)
     else:

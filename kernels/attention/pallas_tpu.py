@@ -16,6 +16,8 @@ import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec as P
 
+from kernels import platform
+
 _LANE = 128          # splash blocks must be multiples of the TPU lane width
 _MAX_BLOCK = 512
 
@@ -74,7 +76,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, interpret
   Raises NotImplementedError off TPU (unless `interpret`) and for head_dim not a multiple of 128 on
   TPU hardware, so `api.dot_product_attention` can fall through to XLA.
   """
-  if not interpret and jax.default_backend() != "tpu":
+  if not interpret and platform.current() != "tpu":
     raise NotImplementedError("splash attention needs a TPU backend (or interpret=True)")
   if not interpret and q.shape[-1] % _LANE:
     raise NotImplementedError(f"splash attention needs head_dim % {_LANE} == 0, got {q.shape[-1]}")

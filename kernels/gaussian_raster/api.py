@@ -16,6 +16,7 @@ from types import ModuleType
 import jax
 import jax.numpy as jnp
 
+from kernels import platform
 from kernels.gaussian_raster import reference
 
 BACKENDS = ("auto", "xla", "pallas_tpu", "pallas_gpu")
@@ -33,7 +34,7 @@ def _candidates(backend: str) -> tuple[str, ...]:
   if backend not in BACKENDS:
     raise ValueError(f"composite: backend={backend!r}, expected one of {BACKENDS}")
   if backend == "auto":
-    backend = _AUTO.get(jax.default_backend(), "xla")
+    backend = _AUTO.get(platform.current(), "xla")
   return (backend, "xla") if backend != "xla" else ("xla",)
 
 
@@ -91,7 +92,7 @@ def composite(params: jax.Array, feats: jax.Array, counts: jax.Array, *, tiles_p
     counts: i32[n_tiles] valid (leading, depth-sorted) slots per tile.
     tiles_per_row, tiles_per_image: tile t covers the 16×16 pixels at
       x0 = ((t % tiles_per_image) % tiles_per_row)·16, y0 = ((t % tiles_per_image) // tiles_per_row)·16.
-    backend: "xla" | "pallas_tpu" | "pallas_gpu" | "auto" (by jax.default_backend()); a backend that
+    backend: "xla" | "pallas_tpu" | "pallas_gpu" | "auto" (by platform.current()); a backend that
       raises NotImplementedError falls through to "xla".
     interpret: run Pallas kernels in interpret mode (CPU tests).
 

@@ -32,6 +32,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from kernels import platform
 from kernels.gaussian_raster import pallas_common as common
 
 _BACKEND = "pallas_gpu"
@@ -43,8 +44,8 @@ _STATIC = ("tiles_per_row", "tiles_per_image", "interpret")
 def _check_platform(interpret: Any) -> None:
   if interpret:
     return
-  if jax.default_backend() != "gpu":
-    raise NotImplementedError(f"{_BACKEND}: needs a GPU backend (have {jax.default_backend()!r}) or "
+  if platform.current() != "gpu":
+    raise NotImplementedError(f"{_BACKEND}: needs a GPU backend (have {platform.current()!r}) or "
                               "interpret mode")
   capability = getattr(jax.devices()[0], "compute_capability", "0.0")
   if float(capability) < 9.0:

@@ -27,6 +27,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from kernels import platform
 from kernels.gaussian_raster import pallas_common as common
 
 _BACKEND = "pallas_tpu"
@@ -34,8 +35,8 @@ _HIGHEST = lax.Precision.HIGHEST
 
 
 def _check_platform(interpret) -> None:
-  if not interpret and jax.default_backend() != "tpu":
-    raise NotImplementedError(f"{_BACKEND}: needs a TPU backend (have {jax.default_backend()!r}) or "
+  if not interpret and platform.current() != "tpu":
+    raise NotImplementedError(f"{_BACKEND}: needs a TPU backend (have {platform.current()!r}) or "
                               "interpret mode")
 
 

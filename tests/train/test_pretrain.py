@@ -113,3 +113,26 @@ def test_sharded_step_equals_the_one_device_step(tiny_config, mesh1):
   assert worst < 1e-5, worst
   sharded = [x for x in jax.tree.leaves(eight.params) if not x.sharding.is_fully_replicated]
   assert sharded, "no parameter is sharded on the 8-device mesh"
+
+
+def test_input_view_loss_adds_the_input_renders_and_leaves_the_novel_loss(tiny_config, mesh1):
+  cfg = tiny_config
+  cfg.pretrain.self_conditioning_prob = 0.0
+  graphdef, state, frozen = _setup(cfg, mesh1)
+  batch = _batch(cfg)
+  settings = loop.render_settings(cfg)
+  inputs = pretrain.encode_inputs(nnx.merge(graphdef, state.params, frozen), batch,
+                                  cfg.data.num_input_views, jax.random.key(1))
+
+  def metrics(weight):
+    cfg.pretrain.input_view_loss_weight = weight
+    return jax.jit(lambda p, f: pretrain.pretrain_loss(
+        p, f, graphdef, inputs, batch["view_mask"], jax.random.key(3), cfg=cfg,
+        settings=settings)[1])(state.params, frozen)
+
+  plain, supervised = metrics(0.0), metrics(0.5)
+  assert "loss_3d_input" not in plain
+  np.testing.assert_allclose(float(supervised["loss_3d"]), float(plain["loss_3d"]), rtol=1e-6)
+  np.testing.assert_allclose(float(supervised["loss"]), float(
+      plain["loss"] + 0.5 * supervised["loss_3d_input"]), rtol=1e-6)
+  assert 0 < float(supervised["loss_3d_input"]) < 4  # renders and frames lie in [−1, 1]
