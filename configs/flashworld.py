@@ -89,7 +89,9 @@ def _gaussian_decoder(variant):
   c.scale_init = 1.0 / 16.0
   c.depth_grad_clamp = 10.0       # trunc_exp: backward uses exp(clamp(raw, -10, 10))
   c.dtype = "float32"
-  del variant                     # widths follow the VAE decoder and the DiT feature head
+  # Training memory: decode (and, in the backward pass, recompute) one view at a time.
+  c.views_one_at_a_time = variant == "5b"
+  # widths follow the VAE decoder and the DiT feature head
   return c
 
 

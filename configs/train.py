@@ -62,8 +62,8 @@ def _pretrain() -> ml_collections.ConfigDict:
   c.previous_sigma_gap = 0.25      # previous_sigma: the first pass's u is u + gap (clipped to 1)
   c.loss_3d_weight = 1.0
   # Renders at the input views against their frames too (spec §13.2: UNKNOWN). On pretrain_demo,
-  # weight 1 gave +0.5 dB held-out at step 400 (14.18 against 13.64) for 2.1x the step time (6
-  # renders a sample, not 2): slower per wall-clock minute, so off by default (README "Results").
+  # weight 1 gave +0.5 dB held-out at step 400 (14.18 against 13.64) for about twice the step time
+  # (6 renders a sample, not 2): behind per minute of training, so off (README "Results").
   c.input_view_loss_weight = 0.0
   c.random_background = True
   return c
