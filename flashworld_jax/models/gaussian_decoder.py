@@ -32,8 +32,7 @@ class GaussianDecoder(nnx.Module):
     self.z_dim = vae.z_dim
     self.feature_dim = cfg.dit.feature_dim
     # One view at a time, each rematerialised in the backward pass: the full-resolution trunk's
-    # activations of one view are live, not of all (5B, 24 views at 480×704 on v5p: 3.3 GiB of
-    # temporaries for the forward and backward instead of 37.0 GiB).
+    # activations of one view are live, not of all (configs/flashworld.py has the measurements).
     self.views_one_at_a_time = head.get("views_one_at_a_time", False)
     self.post_quant_conv = L.conv2d(vae.z_dim, vae.z_dim, 1, dtype=self.dtype, rngs=rngs)
     self.decoder = WanVAEDecoder(vae, out_channels=None, dtype=self.dtype, rngs=rngs)
