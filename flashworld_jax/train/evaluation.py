@@ -155,17 +155,16 @@ def sample_mv(model, scene: dict, uncond_context: jax.Array, key: jax.Array, *,
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
-def _reconstruct(graphdef, state, images):
+def _reconstruct(graphdef, state, rgb):
   vae = nnx.merge(graphdef, state).vae
-  mean, _ = vae.encode(images.astype(jnp.float32) / 127.5 - 1.0)
-  return vae.decode(mean)
+  return vae.decode(vae.encode(rgb)[0])
 
 
 def reconstruct(model, scene: dict, num_views: int) -> jax.Array:
   """The scene's first `num_views` true views encoded (posterior mean) and decoded by the VAE:
   rgb [V, H, W, 3], what a perfect latent of each view would decode to."""
   graphdef, state = nnx.split(model)
-  return _reconstruct(graphdef, state, jnp.asarray(scene["images"][:num_views]))
+  return _reconstruct(graphdef, state, jnp.asarray(to_unit(scene["images"][:num_views])))
 
 
 # ----------------------------------------------------------------------------- scores
