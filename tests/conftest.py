@@ -20,8 +20,8 @@ def _release_executables():
   one process, and late in the run XLA aborted inside a compile (no message, in a test that passes
   alone); released executables keep the process as small as a short run's."""
   yield
-  from flashworld_jax.train import loop
-  loop.release_executables()
+  from flashworld_jax import executables
+  executables.release()
   jax.clear_caches()
 
 

@@ -12,7 +12,7 @@ from absl.testing import flagsaver
 from flashworld_jax import generate
 from flashworld_jax.export import ply, spz, video
 from flashworld_jax.io.prepare import prepare_cameras
-from flashworld_jax.io.request import load_request
+from flashworld_jax.io.request import load_request, save_request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "..", "shared", "examples")
@@ -64,7 +64,10 @@ def test_examples_write_ply_spz_mp4(example_outputs, name):
     timings = json.load(f)
   assert {"step0/denoise", "step0/decode", "step0/render", "step0/reencode", "step3/denoise",
           "image_encoding", "text_encoding", "export/ply"} <= set(timings["run_seconds"])
-  assert {"denoise", "decode", "render", "reencode"} <= set(timings["compile_seconds"])
+  if name == "paved-plaza":      # the first request compiles the stages
+    assert {"denoise", "decode", "render", "reencode"} <= set(timings["compile_seconds"])
+  else:                          # the next one, of the same shapes, reuses them
+    assert "denoise" not in timings["compile_seconds"]
   with open(os.path.join(folder, "request.json")) as f:
     saved = json.load(f)
   assert saved["seed"] == 3 and saved["resolution"] == [10, 64, 96]
@@ -208,13 +211,15 @@ def test_view_override_keeps_the_image_on_its_camera(tmp_path, num_views, image_
   if not os.path.isdir(EXAMPLES):
     pytest.skip(f"the shared example requests are not at {EXAMPLES}")
   path = _plaza(tmp_path, image_index=10)
-  out = tmp_path / "out"
-  [folder] = _run([f"--input={path}", f"--output_dir={out}", f"--num_views={num_views}",
-                   "--resolution=64,96", "--video=false", "--ply=false", "--spz=false"])
-  with open(os.path.join(folder, "request.json")) as f:
+  # The request as the run checks and saves it (its folder's request.json); no model work needed.
+  [req] = _collect([f"--input={path}", f"--output_dir={tmp_path / 'out'}",
+                    f"--num_views={num_views}", "--resolution=64,96"])
+  saved_path = str(tmp_path / "request.json")
+  save_request(req, saved_path)
+  with open(saved_path) as f:
     saved = json.load(f)
   assert saved["image_index"] == image_index and saved["resolution"] == [num_views, 64, 96]
-  _, run_cams = prepare_cameras(load_request(os.path.join(folder, "request.json")))
+  _, run_cams = prepare_cameras(load_request(saved_path))
   _, own_cams = prepare_cameras(load_request(_plaza(tmp_path, image_index=10,
                                                     resolution=[24, 64, 96])))
   image_camera, own_camera = run_cams[image_index], own_cams[10]

@@ -326,8 +326,8 @@ def make_step(cfg: ml_collections.ConfigDict, graphdef, settings):
     simulated = simulate(nets.flashworld, cfg, inputs, k, settings, keys[2])
     return inputs, k, simulated, keys[3]
 
-  def generator_update(state, frozen, batch, key):
-    inputs, k, simulated, key = prepare(state, frozen, batch, key)
+  def generator_update(state, frozen, batch, prepared):
+    inputs, k, simulated, key = prepared
     generator_updates = state.step // period
     cmc_to_mv_head = generator_updates % d.cmc_mv_every == 0
     grad_fn = jax.value_and_grad(generator_loss, has_aux=True)
@@ -341,8 +341,8 @@ def make_step(cfg: ml_collections.ConfigDict, graphdef, settings):
     new_state = state._replace(generator=generator, generator_opt=generator_opt, generator_ema=ema)
     return new_state, _complete(metrics, loss, k, True)
 
-  def fake_update(state, frozen, batch, key):
-    inputs, k, simulated, key = prepare(state, frozen, batch, key)
+  def fake_update(state, frozen, batch, prepared):
+    inputs, k, simulated, key = prepared
     sample_key, loss_key = jax.random.split(key)
     nets = nnx.merge(graphdef, state.generator, state.fake, frozen)
     x_in, _, _, needed = jax.lax.stop_gradient(
@@ -358,8 +358,9 @@ def make_step(cfg: ml_collections.ConfigDict, graphdef, settings):
   def step(state: DistillState, frozen, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     is_generator = state.step % period == period - 1
+    # Both updates start from the same simulated steps: computed once, outside the `cond`.
     new_state, metrics = jax.lax.cond(is_generator, generator_update, fake_update, state, frozen,
-                                      batch, key)
+                                      batch, prepare(state, frozen, batch, key))
     overflow = metrics["overflow"]
     return new_state._replace(step=state.step + jnp.where(overflow, 0, 1).astype(jnp.int32)), metrics
 

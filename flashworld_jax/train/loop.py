@@ -12,7 +12,6 @@ SIGTERM (preemption) saves — is shared.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import signal
@@ -28,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from flashworld_jax import checkpoint as model_checkpoint
+from flashworld_jax import executables
 from flashworld_jax import sharding
 from flashworld_jax.data import ood, pipeline, sampling
 from flashworld_jax.io import atomic
@@ -147,29 +147,13 @@ def _shardings(tree):
   return jax.tree.map(lambda x: x.sharding, tree)
 
 
-# Executables by their StableHLO: a run again in the same process (resumed, re-run in a notebook, a
-# sweep, the test suite) whose step lowers to the same program does not compile it again.
-_EXECUTABLES: dict[str, jax.stages.Compiled] = {}
-_MAX_EXECUTABLES = 8
-
-
-def release_executables() -> None:
-  """Drops the kept executables (their memory goes once nothing else holds them)."""
-  _EXECUTABLES.clear()
-
-
 def _compile_step(stage, cfg, graphdef, settings, state, frozen, batch):
-  """The step compiled for these arguments' shapes and shardings (the state is donated)."""
+  """The step compiled for these arguments' shapes and shardings (the state is donated); a program
+  this process compiled before (a resumed run, the same config again) is not compiled again."""
   step = jax.jit(stage.make_step(cfg, graphdef, settings),
                  in_shardings=(_shardings(state), _shardings(frozen), _shardings(batch)),
                  out_shardings=(_shardings(state), None), donate_argnums=0)
-  lowered = step.lower(state, frozen, batch)
-  key = hashlib.sha256(lowered.as_text().encode()).hexdigest()
-  if key not in _EXECUTABLES:
-    if len(_EXECUTABLES) >= _MAX_EXECUTABLES:
-      del _EXECUTABLES[next(iter(_EXECUTABLES))]
-    _EXECUTABLES[key] = lowered.compile()
-  return _EXECUTABLES[key]
+  return executables.compile(step.lower(state, frozen, batch))[0]
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = None) -> dict:
@@ -225,12 +209,14 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
   nonfinite_streak, step, last_saved = 0, start, None
   interval, interval_start = [], time.perf_counter()
   summary = {"start_step": start}
-  if eval_scenes and start == 0:
-    summary["eval_initial"], eval_settings = _evaluate(
-        stage, cfg, stage.flashworld(graphdef, state, frozen), eval_scenes, eval_settings, 0, writer)
   try:
     with jax.set_mesh(mesh), tqdm(total=end, initial=start, desc=f"{cfg.stage}",
                                   unit="step", disable=jax.process_index() != 0) as bar:
+      # Under the mesh like the later evaluations, which then reuse its compiled sampler.
+      if eval_scenes and start == 0:
+        summary["eval_initial"], eval_settings = _evaluate(
+            stage, cfg, stage.flashworld(graphdef, state, frozen), eval_scenes, eval_settings, 0,
+            writer)
       while step < end:
         batch = global_batch(with_constants(next(iterator), constants), mesh)
         if step_fn is None:

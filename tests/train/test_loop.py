@@ -10,6 +10,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from flashworld_jax import sharding
+from flashworld_jax.data import pipeline
+from flashworld_jax.sampling import sampler
 from flashworld_jax.train import checkpoints, loop, metric_writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,11 +29,12 @@ def _saved_state(workdir: str, step: int) -> dict:
 def uninterrupted(make_tiny_config, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("uninterrupted"))
   summary = loop.run(make_tiny_config(), workdir)
-  return workdir, summary
+  # Programs the sampler was compiled to (every module starts with empty caches: conftest).
+  return workdir, summary, sampler._sample_scene_jit._cache_size()
 
 
 def test_killed_run_resumes_bitwise(uninterrupted, tiny_config, tmp_path):
-  workdir, summary = uninterrupted
+  workdir, summary, _ = uninterrupted
   assert summary["end_step"] == 4 and "eval" in summary and "eval_initial" in summary
   resumed_dir = str(tmp_path)
   first = loop.run(tiny_config, resumed_dir, max_steps=2)       # stops after step 2 (checkpoint)
@@ -46,7 +50,7 @@ def test_killed_run_resumes_bitwise(uninterrupted, tiny_config, tmp_path):
 
 
 def test_run_writes_config_metrics_and_tensorboard(uninterrupted):
-  workdir, _ = uninterrupted
+  workdir, _, _ = uninterrupted
   assert os.path.exists(os.path.join(workdir, "config.json"))
   rows = metric_writer.read_metrics(workdir)
   assert {"loss", "loss_mv", "loss_3d", "step_seconds", "samples_per_second"} <= set(rows[1])
@@ -54,6 +58,36 @@ def test_run_writes_config_metrics_and_tensorboard(uninterrupted):
   scalars = metric_writer.read_tensorboard_scalars(os.path.join(workdir, "tensorboard"))
   assert [s for s, _ in scalars["loss"]] == [1, 2, 3, 4]
   assert os.path.exists(os.path.join(workdir, "images", "4", "eval_scene0.png"))
+
+
+def test_evaluations_of_a_run_share_one_compiled_sampler(uninterrupted):
+  _, summary, sampler_programs = uninterrupted
+  assert "eval_initial" in summary and "eval" in summary       # at step 0 and at step 4
+  assert sampler_programs == 1
+
+
+def test_nonfinite_update_is_skipped(uninterrupted, tiny_config):
+  """A NaN camera: the step reports it, counts the step and keeps the parameters (the step is the
+  run's own, compiled by `uninterrupted`, so it is reused here rather than compiled again)."""
+  del uninterrupted
+  cfg = tiny_config
+  stage = loop.STAGES[cfg.stage]
+  mesh = sharding.mesh_from_config(cfg.model.mesh)
+  graphdef, state, frozen = stage.build(cfg, mesh)
+  dataset = pipeline.make_dataset(loop.sources(cfg), loop.sample_spec(cfg), cfg.data.batch_size,
+                                  cfg.seed, tokenize=loop.make_tokenize(cfg))
+  batch = next(pipeline.make_iterator(dataset, num_threads=1))
+  batch["cameras"] = batch["cameras"].copy()
+  batch["cameras"][0, 1, 4] = np.nan
+  before = [np.array(x, copy=True) for x in jax.tree.leaves(state.params)]   # the state is donated
+  with jax.set_mesh(mesh):
+    batch = loop.global_batch(batch, mesh)
+    step = loop._compile_step(stage, cfg, graphdef, loop.render_settings(cfg), state, frozen, batch)
+    new_state, metrics = step(state, frozen, batch)
+  assert bool(metrics["nonfinite"]) and not bool(metrics["overflow"])
+  assert int(new_state.step) == 1
+  for old, new in zip(before, jax.tree.leaves(new_state.params)):
+    np.testing.assert_array_equal(old, np.asarray(new))
 
 
 def test_repeated_nonfinite_updates_stop_the_run_and_keep_the_last_good_checkpoint(
@@ -97,7 +131,7 @@ def test_sigterm_saves_and_exits_between_steps(tiny_config, tmp_path, monkeypatc
 
 
 def test_trainer_checkpoint_generates_a_scene(uninterrupted, tmp_path):
-  workdir, _ = uninterrupted
+  workdir, _, _ = uninterrupted
   out = tmp_path / "scenes"
   result = subprocess.run(
       [sys.executable, "-m", "flashworld_jax.generate", "--config=configs/flashworld.py:tiny",

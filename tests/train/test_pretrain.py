@@ -1,7 +1,5 @@
 """The pre-training step: where gradients flow, the NaN/Inf guard, and the sharded step against the
 one-device step."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,22 +23,20 @@ def _batch(cfg):
   return {k: jnp.asarray(v) for k, v in batch.items() if k not in ("text", "clip_id")}
 
 
-def _loss_parts(cfg, graphdef, state, frozen, batch, key=jax.random.key(3)):
-  """d loss_3d / d params and d loss / d frozen, through the step's own functions."""
+def _render_loss_grads(cfg, graphdef, state, frozen, batch, key=jax.random.key(3)):
+  """d loss_3d / d (params, frozen), through the step's own functions. (L_MV, the rest of the loss,
+  is the velocity's MSE: inside the loss it touches neither the VAE nor the text encoder.)"""
   settings = loop.render_settings(cfg)
   inputs = pretrain.encode_inputs(nnx.merge(graphdef, state.params, frozen), batch,
                                   cfg.data.num_input_views, jax.random.key(1))
 
-  def part(params, frozen_state, name):
+  def loss_3d(params, frozen_state):
     _, metrics = pretrain.pretrain_loss(params, frozen_state, graphdef, inputs, batch["view_mask"],
                                         key, cfg=cfg, settings=settings)
-    return metrics[name]
+    return metrics["loss_3d"]
 
-  grads_3d = jax.jit(jax.grad(functools.partial(part, name="loss_3d")))(state.params, frozen)
   # Both arguments differentiated: NNX wants the DiT's and the encoders' variables on one trace.
-  _, frozen_grads = jax.jit(jax.grad(functools.partial(part, name="loss"), argnums=(0, 1)))(
-      state.params, frozen)
-  return grads_3d, frozen_grads
+  return jax.jit(jax.grad(loss_3d, argnums=(0, 1)))(state.params, frozen)
 
 
 def test_render_loss_reaches_the_feature_head_and_the_decoder_not_the_frozen_parts(tiny_config, mesh1):
@@ -52,7 +48,7 @@ def test_render_loss_reaches_the_feature_head_and_the_decoder_not_the_frozen_par
   decoder = state.params["gaussian_decoder"]
   for i, kernel in enumerate((decoder["extra_conv_in"]["kernel"], decoder["gs_head"]["gs_proj"]["kernel"])):
     kernel[...] = jax.random.normal(jax.random.key(5 + i), kernel.shape) * 0.01
-  grads, frozen_grads = _loss_parts(cfg, graphdef, state, frozen, _batch(cfg))
+  grads, frozen_grads = _render_loss_grads(cfg, graphdef, state, frozen, _batch(cfg))
   # proj_out rows are (patch position, output channel): velocity channels first, then features.
   proj_out = np.asarray(grads["dit"]["proj_out"]["kernel"][...])
   channels = proj_out.reshape(proj_out.shape[0], 4, dit_output_channels(cfg.model.dit))
@@ -77,20 +73,6 @@ def _run_step(cfg, mesh, batch):
   step = jax.jit(pretrain.make_step(cfg, graphdef, loop.render_settings(cfg)))
   with jax.set_mesh(mesh):
     return step(state, frozen, loop.global_batch(batch, mesh)), state
-
-
-def test_nonfinite_update_is_skipped(tiny_config, mesh1):
-  cfg = tiny_config
-  dataset = pipeline.make_dataset(loop.sources(cfg), loop.sample_spec(cfg), 2, 0,
-                                  tokenize=loop.make_tokenize(cfg))
-  batch = next(pipeline.make_iterator(dataset, num_threads=1))
-  batch["cameras"] = batch["cameras"].copy()
-  batch["cameras"][0, 1, 4] = np.nan
-  (new_state, metrics), old_state = _run_step(cfg, mesh1, batch)
-  assert bool(metrics["nonfinite"]) and not bool(metrics["overflow"])
-  assert int(new_state.step) == 1
-  for old, new in zip(jax.tree.leaves(old_state.params), jax.tree.leaves(new_state.params)):
-    np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
 
 
 # Slow lane (170 s, most of it compiling the 8-device step); the sharded DiT, VAE and Gaussian
