@@ -80,7 +80,8 @@ def _vae(variant):
   return c
 
 
-def _gaussian_decoder(variant):
+def _gaussian_decoder():
+  """The same for every variant: its widths follow the VAE decoder and the DiT feature head."""
   c = ml_collections.ConfigDict()
   c.gaussians_per_pixel = 2
   c.sh_degree = 2
@@ -93,7 +94,6 @@ def _gaussian_decoder(variant):
   # it cut the 5B decoder's temporaries from 37.0 to 3.3 GiB, but in the sharded pretrain_5b step
   # on v5p-64 it raised them from 114.75 to 121.27 GB (README "Training at scale").
   c.views_one_at_a_time = False
-  del variant                     # widths follow the VAE decoder and the DiT feature head
   return c
 
 
@@ -126,7 +126,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   cfg.variant = variant
   cfg.dit = _dit(variant)
   cfg.vae = _vae(variant)
-  cfg.gaussian_decoder = _gaussian_decoder(variant)
+  cfg.gaussian_decoder = _gaussian_decoder()
   cfg.text = _text(variant)
   if variant == "demo":
     # A CPU model: fp32 compute (bf16 is emulated on CPU and slower there).

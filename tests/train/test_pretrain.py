@@ -1,5 +1,5 @@
-"""The pre-training step: where gradients flow, the NaN/Inf guard, and the sharded step against the
-one-device step."""
+"""The pre-training step: where gradients flow, the input-view loss, and the sharded step against the
+one-device step (the NaN/Inf guard is tested on the loop's compiled step, test_loop)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
