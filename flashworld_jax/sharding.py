@@ -6,7 +6,9 @@ from `PARAM_RULES` and constrains activations with `constrain(x, names)` over `A
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -101,7 +103,47 @@ def constrain(x: jax.Array, logical_names: Sequence[str | None]) -> jax.Array:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty or not isinstance(x, jax.core.Tracer):
     return x
-  return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_names))
+  spec = logical_to_spec(logical_names)
+  if mesh.manual_axes:
+    # Inside `shard_map` the manual axes are already split; only the automatic ones can be asked.
+    spec = P(*(_without(entry, mesh.manual_axes) for entry in spec))
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def _without(entry, axes):
+  kept = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,))
+               if a is not None and a not in axes)
+  return kept if len(kept) > 1 else (kept[0] if kept else None)
+
+
+def map_local_batch(fn: Callable[[Any, Any], Any], batched: Any, replicated: Any = (), *,
+                    logical_name: str = "act_batch") -> Any:
+  """`fn(replicated, batched)`, each device working on its own slice of the leading axis of every
+  `batched` leaf (the mesh axes of `logical_name`); every output leaf is batched along that axis.
+
+  For loops over a sharded batch: GSPMD partitions a `lax.map` / `lax.scan` over a sharded axis by
+  all-gathering its operands, so every device would run (and hold) every iteration. Here each device
+  loops over its own part. `replicated` (e.g. a module's weights) is gathered whole onto every
+  device, and its gradient is summed over them. Without a mesh, or where those axes have size 1,
+  this is the plain call.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty:
+    return fn(replicated, batched)
+  entry = logical_to_spec((logical_name,))[0]
+  axes = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,))
+               if a in mesh.axis_names and a not in mesh.manual_axes and mesh.shape[a] > 1)
+  if not axes:
+    return fn(replicated, batched)
+  devices = math.prod(mesh.shape[a] for a in axes)
+  sizes = sorted({x.shape[0] for x in jax.tree.leaves(batched)})
+  if len(sizes) != 1 or sizes[0] % devices:
+    raise ValueError(f"map_local_batch: leading sizes {sizes} must be one size divisible by the "
+                     f"{devices} devices of mesh axes {axes} ({logical_name!r})")
+  # check_vma=False: Pallas kernels (the TPU compositor) return values without the varying-axes
+  # annotation; the cotangents of `replicated` are then summed over `axes`, as they should be.
+  return jax.shard_map(fn, in_specs=(P(), P(axes)), out_specs=P(axes), axis_names=set(axes),
+                       check_vma=False)(replicated, batched)
 
 
 def rules():

@@ -65,14 +65,22 @@ class GaussianDecoder(nnx.Module):
       return self.gs_head(self.trunk(feature, latent), cams).reshape(-1, GAUSSIAN_DIM)
     graphdef, state = nnx.split(self)
 
-    # The module's state rides in the scan's carry: NNX modules cannot be closed over across it.
-    @jax.checkpoint
-    def one_view(state, view):
-      module = nnx.merge(graphdef, state)
-      f, x, c = (a[None] for a in view)
-      return state, module.gs_head(module.trunk(f, x), c)
+    def local_views(state, views):
+      # The scan closes over the weights' arrays (an NNX module cannot be closed over across it):
+      # as loop constants they are held once; in the carry the backward pass would keep a copy of
+      # them per view.
+      @jax.checkpoint
+      def one_view(_, view):
+        module = nnx.merge(graphdef, state)
+        f, x, c = (a[None] for a in view)
+        return None, module.gs_head(module.trunk(f, x), c)
 
-    _, gaussians = jax.lax.scan(one_view, state, (feature, latent, cams))
+      return jax.lax.scan(one_view, None, views)[1]
+
+    # On a mesh each device scans its own views (a scan over the sharded view axis would gather
+    # them all onto every device).
+    gaussians = sharding.map_local_batch(local_views, (feature, latent, cams), state,
+                                         logical_name="act_views")
     return gaussians.reshape(-1, GAUSSIAN_DIM)
 
   def fold_lr_multipliers(self) -> None:

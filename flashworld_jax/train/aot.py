@@ -49,8 +49,8 @@ def _abstract_split(make_module, filters, mesh):
 
 
 def _optimizer_state(tx, params, mesh):
-  with jax.set_mesh(mesh):
-    return jax.tree.map(_with_named_sharding(mesh), jax.eval_shape(tx.init, params))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      jax.eval_shape(tx.init, params), state_lib.optimizer_shardings(tx, params, mesh))
 
 
 def _replicated(mesh, shape, dtype):

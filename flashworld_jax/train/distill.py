@@ -76,8 +76,8 @@ def build(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
                    cfg.distill.gan_channels, rngs=nnx.Rngs(cfg.seed + 7))
     graphdef, generator, fake_params, frozen = nnx.split(Networks(flashworld, teacher, fake, head),
                                                          GENERATOR, FAKE, ...)
-    generator_opt = jax.jit(generator_tx.init)(generator)
-    fake_opt = jax.jit(fake_tx.init)(fake_params)
+  generator_opt = state_lib.init_optimizer(generator_tx, generator, mesh)
+  fake_opt = state_lib.init_optimizer(fake_tx, fake_params, mesh)
   replicated = sharding.named_sharding(mesh, ())
   state = DistillState(
       step=jax.device_put(jnp.zeros((), jnp.int32), replicated), generator=generator,

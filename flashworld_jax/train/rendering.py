@@ -1,13 +1,15 @@
 """Rendering Gaussians at training views: per scene and view, rematerialised in the backward pass.
 
 One view at a time keeps the rasterizer's buffers to one image, and `jax.checkpoint` recomputes
-each view's render in the backward pass instead of storing its tile lists (spec §13.2).
+each view's render in the backward pass instead of storing its tile lists (spec §13.2). On a mesh
+each device loops over its own scenes (`sharding.map_local_batch`).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from flashworld_jax import sharding
 from flashworld_jax.models.gaussian_render import render_gaussians
 from flashworld_jax.sampling.sampler import RenderSettings
 
@@ -30,7 +32,10 @@ def render_views(gaussians: jax.Array, cams: jax.Array, backgrounds: jax.Array,
     scene_gaussians, scene_cams, scene_backgrounds = args
     return jax.lax.map(lambda a: one_view(scene_gaussians, *a), (scene_cams, scene_backgrounds))
 
-  rgb, needed = jax.lax.map(one_scene, (gaussians, cams, backgrounds))
+  def local_scenes(_, scenes):
+    return jax.lax.map(one_scene, scenes)
+
+  rgb, needed = sharding.map_local_batch(local_scenes, (gaussians, cams, backgrounds))
   return rgb, jnp.max(needed.reshape(-1, 2), axis=0)
 
 

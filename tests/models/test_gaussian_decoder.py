@@ -279,29 +279,31 @@ def test_sharded_decoder_matches_single_device(mesh8):
   np.testing.assert_allclose(run(mesh8), run(sharding.single_device_mesh()), rtol=1e-4, atol=1e-5)
 
 
-def test_one_view_at_a_time_equals_all_views_in_outputs_and_gradients(mesh1):
+def test_one_view_at_a_time_equals_all_views_in_outputs_and_gradients(mesh1, mesh8):
+  """On the 8-device mesh each device scans its own views (`sharding.map_local_batch`)."""
   rng = np.random.default_rng(8)
-  feature = jnp.asarray(rng.normal(size=(3, 2, 3, get_config("tiny").dit.feature_dim)), jnp.float32)
-  latent = jnp.asarray(rng.normal(size=(3, 2, 3, 48)), jnp.float32)
-  cams = jnp.asarray(random_cameras(rng, 3))
+  feature = jnp.asarray(rng.normal(size=(4, 2, 3, get_config("tiny").dit.feature_dim)), jnp.float32)
+  latent = jnp.asarray(rng.normal(size=(4, 2, 3, 48)), jnp.float32)
+  cams = jnp.asarray(random_cameras(rng, 4))
 
-  def run(one_at_a_time):
+  def run(one_at_a_time, mesh):
     cfg = get_config("tiny")
     cfg.gaussian_decoder.views_one_at_a_time = one_at_a_time
-    with jax.set_mesh(mesh1), sharding.rules():
+    with jax.set_mesh(mesh), sharding.rules():
       dg = GaussianDecoder(cfg, rngs=nnx.Rngs(0))
-    dg.extra_conv_in.kernel[...] = 0.05 * jnp.ones_like(dg.extra_conv_in.kernel[...])
-    graphdef, params, rest = nnx.split(dg, nnx.Param, ...)
+      dg.extra_conv_in.kernel[...] = 0.05 * jnp.ones_like(dg.extra_conv_in.kernel[...])
+      graphdef, params, rest = nnx.split(dg, nnx.Param, ...)
 
-    def loss(params, feature):
-      out = nnx.merge(graphdef, params, rest)(feature, latent, cams, lambda u: 2.0 * u)
-      return jnp.sum(jnp.sin(out)), out
+      def loss(params, feature):
+        out = nnx.merge(graphdef, params, rest)(feature, latent, cams, lambda u: 2.0 * u)
+        return jnp.sum(jnp.sin(out)), out
 
-    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, feature)
+      grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+      (_, out), grads = grad(params, feature)
     return out, grads
 
-  out_one, grads_one = run(True)
-  out_all, grads_all = run(False)
+  out_one, grads_one = run(True, mesh8)
+  out_all, grads_all = run(False, mesh1)
   np.testing.assert_allclose(out_one, out_all, rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(grads_one), jax.tree.leaves(grads_all)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
