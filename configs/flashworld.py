@@ -90,9 +90,9 @@ def _gaussian_decoder():
   c.scale_init = 1.0 / 16.0
   c.depth_grad_clamp = 10.0       # trunc_exp: backward uses exp(clamp(raw, -10, 10))
   c.dtype = "float32"
-  # Decode (and, in the backward pass, recompute) one view at a time. Off: alone on one v5p chip
-  # it cut the 5B decoder's temporaries from 37.0 to 3.3 GiB, but in the sharded pretrain_5b step
-  # on v5p-64 it raised them from 114.75 to 121.27 GB (README "Training at scale").
+  # Decode (and, in the backward pass, recompute) one view at a time, each device its own views:
+  # on one v5p chip it cuts the 5B decoder's temporaries from 37.0 to 3.3 GiB. On for the 5B
+  # training configs (configs/train.py); off here, where all views in one pass are faster.
   c.views_one_at_a_time = False
   return c
 

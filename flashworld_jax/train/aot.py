@@ -16,7 +16,7 @@ from flashworld_jax import sharding
 from flashworld_jax.models.dit import WanDiT
 from flashworld_jax.models.flashworld import FlashWorld, _constructors
 from flashworld_jax.models.gan_head import GANHead
-from flashworld_jax.train import distill, loop, pretrain
+from flashworld_jax.train import distill, flops, loop, pretrain
 from flashworld_jax.train import state as state_lib
 from kernels import platform
 
@@ -103,30 +103,41 @@ def _with_named_sharding(mesh):
   return convert
 
 
-def compile_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, phase: str | None = None):
-  """The stage's step compiled for `mesh` from abstract inputs (any backend the mesh's devices have,
-  including TPU topologies described by `jax.experimental.topologies`).
+def trace_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, phase: str | None = None):
+  """The stage's jitted step traced for `mesh` from abstract inputs (`jax.stages.Traced`).
 
-  Distillation's step holds both updates behind a `cond`; `phase="generator"` or `"fake"` compiles
-  one of them alone (fake_updates_per_generator 0, or a never-reached generator phase) so each can be
-  measured."""
-  stage = loop.STAGES[cfg.stage]
-  if phase is not None:
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
-    cfg.distill.fake_updates_per_generator = 0 if phase == "generator" else 1 << 30
+  Distillation's step holds both updates behind a `cond` (the program a run compiles);
+  `phase="generator"` or `"fake"` traces one of them alone so that each can be measured."""
+  if phase is not None and cfg.stage != "distill":
+    raise ValueError(f"--phase={phase!r} applies to distillation, not to stage {cfg.stage!r}")
   graphdef, state, frozen = ABSTRACT_STATES[cfg.stage](cfg, mesh)
-  step = stage.make_step(cfg, graphdef, loop.render_settings(cfg))
+  settings = loop.render_settings(cfg)
+  step = (distill.make_step(cfg, graphdef, settings, phase) if phase is not None
+          else loop.STAGES[cfg.stage].make_step(cfg, graphdef, settings))
   shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
   batch = abstract_batch(cfg, mesh)
   jitted = jax.jit(step, in_shardings=(shardings(state), shardings(frozen), shardings(batch)),
                    out_shardings=(shardings(state), None), donate_argnums=0)
   # The kernels of the mesh's platform (a TPU topology's, lowered on a CPU host), not the host's.
   with jax.set_mesh(mesh), platform.compiling_for(mesh.devices.flat[0].platform):
-    return jitted.lower(state, frozen, batch).compile()
+    return jitted.trace(state, frozen, batch)
 
 
-def memory_and_flops(compiled) -> dict:
-  """Per-device bytes (arguments, outputs, temporaries, aliased) and FLOPs of a compiled step."""
+def compile_step(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, phase: str | None = None):
+  """(compiled, `flops.Count` of the whole step over all devices) of `trace_step`'s step, for any
+  backend the mesh's devices have, including TPU topologies described by
+  `jax.experimental.topologies`."""
+  traced = trace_step(cfg, mesh, phase)
+  with jax.set_mesh(mesh), platform.compiling_for(mesh.devices.flat[0].platform):
+    return traced.lower().compile(), flops.count_jaxpr(traced.jaxpr)
+
+
+def memory_and_flops(compiled, step_flops: flops.Count, num_devices: int) -> dict:
+  """Per-device bytes (arguments, outputs, temporaries, aliased) and FLOPs of a compiled step.
+
+  `flops` is the step's jaxpr count (`train.flops`: loops at their trip counts) shared evenly by
+  the devices; `xla_cost_analysis_flops` is XLA's own per-device figure, which counts each loop
+  body once."""
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -134,7 +145,10 @@ def memory_and_flops(compiled) -> dict:
             for name in ("argument", "output", "temp", "alias", "generated_code")}
   report["peak_estimate_bytes"] = (report["argument"] + report["output"] + report["temp"]
                                    - report["alias"])
-  report["flops"] = float(cost.get("flops", 0.0)) if cost else 0.0
+  report["flops"] = step_flops.flops / num_devices
+  report["kernels_without_flops"] = step_flops.kernels_without_cost
+  report["while_loops_counted_once"] = step_flops.while_loops
+  report["xla_cost_analysis_flops"] = float(cost.get("flops", 0.0)) if cost else 0.0
   return report
 
 
@@ -143,6 +157,8 @@ _CORES_PER_CHIP = {"v5p": 2, "v4": 2, "v5e": 1, "v6e": 1}
 _GRIDS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
              256: "4x8x8", 512: "8x8x8"}
 _HBM_GIB = {"v5p": 95, "v4": 32, "v5e": 16, "v6e": 32}     # per chip
+# Peak dense bf16 TFLOP/s per chip (vendor figures), for the step time at a stated utilisation.
+_PEAK_TFLOPS = {"v5p": 459.0, "v4": 275.0, "v5e": 197.0, "v6e": 918.0}
 _GRIDS_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 
 
@@ -177,17 +193,34 @@ def _main(argv):
   devices = list(devices or jax.devices())
   m = cfg.model.mesh
   mesh = sharding_lib.make_mesh(m.data, m.fsdp, m.tensor, m.sequence, devices=devices)
-  report = memory_and_flops(compile_step(cfg, mesh, flags.FLAGS.phase))
+  phase = flags.FLAGS.phase
+  if flags.FLAGS.flops_only:
+    count = flops.count_jaxpr(trace_step(cfg, mesh, phase).jaxpr)
+    report = {"flops": count.flops / len(devices), "kernels_without_flops": count.kernels_without_cost,
+              "while_loops_counted_once": count.while_loops}
+  else:
+    report = memory_and_flops(*compile_step(cfg, mesh, phase), len(devices))
   kind = (flags.FLAGS.topology or "").replace(":", "-").split("-")[0]
-  hbm_gib = _HBM_GIB.get(kind)
-  peak_gib = report["peak_estimate_bytes"] / 2**30
-  print(json.dumps({"config": cfg.variant, "phase": flags.FLAGS.phase, "topology": flags.FLAGS.topology,
+  if "peak_estimate_bytes" in report:
+    hbm_gib = _HBM_GIB.get(kind)
+    peak_gib = report["peak_estimate_bytes"] / 2**30
+    report.update(peak_estimate_gib=round(peak_gib, 2), hbm_gib=hbm_gib,
+                  headroom_gib=None if hbm_gib is None else round(hbm_gib - peak_gib, 2))
+  print(json.dumps({"config": cfg.variant, "phase": phase, "topology": flags.FLAGS.topology,
                     "devices": len(devices), "device_kind": devices[0].device_kind,
                     "mesh": dict(mesh.shape), "remat_policy": cfg.model.dit.remat_policy,
+                    "decoder_views_one_at_a_time": cfg.model.gaussian_decoder.views_one_at_a_time,
                     "global_batch": cfg.data.batch_size, **report,
-                    "peak_estimate_gib": round(peak_gib, 2), "hbm_gib": hbm_gib,
-                    "headroom_gib": None if hbm_gib is None else round(hbm_gib - peak_gib, 2),
-                    "tflops_per_device_step": round(report["flops"] / 1e12, 2)}), flush=True)
+                    "tflops_per_device_step": round(report["flops"] / 1e12, 2),
+                    **_step_time(report["flops"], kind, flags.FLAGS.utilisation)}), flush=True)
+
+
+def _step_time(flops: float, kind: str, utilisation: float) -> dict:
+  peak = _PEAK_TFLOPS.get(kind)
+  if peak is None:
+    return {}
+  return {"peak_tflops_per_chip": peak, "utilisation": utilisation,
+          "step_seconds_at_utilisation": round(flops / (utilisation * peak * 1e12), 2)}
 
 
 if __name__ == "__main__":
@@ -196,5 +229,10 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", "configs/train.py:pretrain_5b", "Training config.")
   flags.DEFINE_string("topology", None, "A TPU slice (v5p-64, v6e-256, v5p:2x2x2) to compile for "
                       "without TPUs (needs libtpu importable); default: this host's devices.")
-  flags.DEFINE_enum("phase", None, ["generator", "fake"], "Distillation: compile one update alone.")
+  flags.DEFINE_enum("phase", None, list(distill.PHASES), "Distillation: one update alone (default: "
+                    "the step a run compiles, both updates behind a cond).")
+  flags.DEFINE_bool("flops_only", False, "Trace and count the step's FLOPs without compiling it "
+                    "(seconds instead of tens of minutes).")
+  flags.DEFINE_float("utilisation", 0.4, "Fraction of the chip's peak FLOP/s assumed for the step "
+                     "time printed with the plan.")
   app.run(_main)

@@ -310,9 +310,15 @@ def _apply(params, opt_state, ema, grads, tx, ema_decay, ok):
                                                               else keep(new_ema, ema))
 
 
-def make_step(cfg: ml_collections.ConfigDict, graphdef, settings):
+PHASES = ("generator", "fake")
+
+
+def make_step(cfg: ml_collections.ConfigDict, graphdef, settings, phase: str | None = None):
   """(state, frozen, batch) → (state, metrics): a fake-score update, or every
-  `fake_updates_per_generator + 1`-th step a generator update."""
+  `fake_updates_per_generator + 1`-th step a generator update. `phase` builds a step of one kind
+  only (the AOT memory plan of each update; training alternates)."""
+  if phase is not None and phase not in PHASES:
+    raise ValueError(f"distill.make_step: phase={phase!r}; expected None or one of {PHASES}")
   d = cfg.distill
   generator_tx, fake_tx = optimizers(cfg)
   period = d.fake_updates_per_generator + 1
@@ -359,8 +365,11 @@ def make_step(cfg: ml_collections.ConfigDict, graphdef, settings):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     is_generator = state.step % period == period - 1
     # Both updates start from the same simulated steps: computed once, outside the `cond`.
-    new_state, metrics = jax.lax.cond(is_generator, generator_update, fake_update, state, frozen,
-                                      batch, prepare(state, frozen, batch, key))
+    operands = (state, frozen, batch, prepare(state, frozen, batch, key))
+    if phase is None:
+      new_state, metrics = jax.lax.cond(is_generator, generator_update, fake_update, *operands)
+    else:
+      new_state, metrics = (generator_update if phase == "generator" else fake_update)(*operands)
     overflow = metrics["overflow"]
     return new_state._replace(step=state.step + jnp.where(overflow, 0, 1).astype(jnp.int32)), metrics
 
