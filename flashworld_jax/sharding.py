@@ -110,9 +110,13 @@ def constrain(x: jax.Array, logical_names: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, spec)
 
 
+def _mesh_axes_of(entry) -> tuple[str, ...]:
+  """The mesh axes of one PartitionSpec entry (None, a name or a tuple of names)."""
+  return tuple(a for a in (entry if isinstance(entry, tuple) else (entry,)) if a is not None)
+
+
 def _without(entry, axes):
-  kept = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,))
-               if a is not None and a not in axes)
+  kept = tuple(a for a in _mesh_axes_of(entry) if a not in axes)
   return kept if len(kept) > 1 else (kept[0] if kept else None)
 
 
@@ -130,8 +134,7 @@ def map_local_batch(fn: Callable[[Any, Any], Any], batched: Any, replicated: Any
   mesh = jax.sharding.get_abstract_mesh()
   if mesh is None or mesh.empty:
     return fn(replicated, batched)
-  entry = logical_to_spec((logical_name,))[0]
-  axes = tuple(a for a in (entry if isinstance(entry, tuple) else (entry,))
+  axes = tuple(a for a in _mesh_axes_of(logical_to_spec((logical_name,))[0])
                if a in mesh.axis_names and a not in mesh.manual_axes and mesh.shape[a] > 1)
   if not axes:
     return fn(replicated, batched)

@@ -145,11 +145,15 @@ def memory_and_flops(compiled, step_flops: flops.Count, num_devices: int) -> dic
             for name in ("argument", "output", "temp", "alias", "generated_code")}
   report["peak_estimate_bytes"] = (report["argument"] + report["output"] + report["temp"]
                                    - report["alias"])
-  report["flops"] = step_flops.flops / num_devices
-  report["kernels_without_flops"] = step_flops.kernels_without_cost
-  report["while_loops_counted_once"] = step_flops.while_loops
+  report.update(_flops_report(step_flops, num_devices))
   report["xla_cost_analysis_flops"] = float(cost.get("flops", 0.0)) if cost else 0.0
   return report
+
+
+def _flops_report(step_flops: flops.Count, num_devices: int) -> dict:
+  return {"flops": step_flops.flops / num_devices,
+          "kernels_without_flops": step_flops.kernels_without_cost,
+          "while_loops_counted_once": step_flops.while_loops}
 
 
 # TensorCores per chip in the product names (v5p-64 is 32 chips), and the chip grids of the slices.
@@ -195,9 +199,7 @@ def _main(argv):
   mesh = sharding_lib.make_mesh(m.data, m.fsdp, m.tensor, m.sequence, devices=devices)
   phase = flags.FLAGS.phase
   if flags.FLAGS.flops_only:
-    count = flops.count_jaxpr(trace_step(cfg, mesh, phase).jaxpr)
-    report = {"flops": count.flops / len(devices), "kernels_without_flops": count.kernels_without_cost,
-              "while_loops_counted_once": count.while_loops}
+    report = _flops_report(flops.count_jaxpr(trace_step(cfg, mesh, phase).jaxpr), len(devices))
   else:
     report = memory_and_flops(*compile_step(cfg, mesh, phase), len(devices))
   kind = (flags.FLAGS.topology or "").replace(":", "-").split("-")[0]
@@ -215,12 +217,12 @@ def _main(argv):
                     **_step_time(report["flops"], kind, flags.FLAGS.utilisation)}), flush=True)
 
 
-def _step_time(flops: float, kind: str, utilisation: float) -> dict:
+def _step_time(flops_per_device: float, kind: str, utilisation: float) -> dict:
   peak = _PEAK_TFLOPS.get(kind)
   if peak is None:
     return {}
   return {"peak_tflops_per_chip": peak, "utilisation": utilisation,
-          "step_seconds_at_utilisation": round(flops / (utilisation * peak * 1e12), 2)}
+          "step_seconds_at_utilisation": round(flops_per_device / (utilisation * peak * 1e12), 2)}
 
 
 if __name__ == "__main__":
