@@ -10,9 +10,11 @@ Steps, each a gcloud (or git) command printed before it runs (`--dry_run` only p
      `--reuse` skips this for a slice that already exists;
   2. `git archive` of HEAD (commit first: uncommitted changes are not copied), `scp` to all workers;
   3. on all workers: Python 3.11 venv, `pip install -r requirements.txt jax[tpu]==<our jax pin>`;
-  4. on all workers: stop a run this script started before (SIGTERM: it saves a checkpoint), then
+  4. a `gs://bucket/path` workdir: on all workers, gcsfuse (apt, if missing) mounts the bucket at
+     ~/gcs/<bucket>, and the run's workdir is that mount's path (the loop writes POSIX files);
+  5. on all workers: stop a run this script started before (SIGTERM: it saves a checkpoint), then
      start `python -m flashworld_jax.train` detached, output in ~/train.log;
-  5. follow worker 0's log (Ctrl-C stops following; the run goes on).
+  6. follow worker 0's log (Ctrl-C stops following; the run goes on).
 jax detects the pod on its own (`distributed.initialize`); every worker runs the same command.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # On each worker, relative to the home folder where `ssh --command` starts.
 _CODE, _VENV, _ARCHIVE = "flashworld", "flashworld-venv", "flashworld-code.tar.gz"
 _LOG, _PID = "train.log", "train.pid"
+_MOUNTS = "gcs"           # gs://<bucket> is mounted at ~/gcs/<bucket>
 # Software versions of TPU VMs by accelerator family (cloud.google.com/tpu/docs/runtimes).
 _RUNTIMES = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite",
              "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
@@ -64,6 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   if args.workdir and not args.workdir.startswith(("gs://", "/")):
     p.error(f"--workdir={args.workdir}: the workers share no disk; use gs://bucket/path or an "
             "absolute path on a shared mount")
+  if args.workdir and args.workdir.startswith("gs://"):
+    bucket, path = _bucket_and_path(args.workdir)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", bucket) or not path.strip("/"):
+      p.error(f"--workdir={args.workdir}: expected gs://bucket/path (a bucket name, then a folder "
+              "inside the bucket)")
   if not args.runtime_version:
     family = args.accelerator_type.rsplit("-", 1)[0]
     if family not in _RUNTIMES:
@@ -96,10 +104,41 @@ def create_commands(args) -> list[list[str]]:
           ["bash", "-c", wait]]
 
 
+def _bucket_and_path(workdir: str) -> tuple[str, str]:
+  bucket, _, path = workdir[len("gs://"):].partition("/")
+  return bucket, path
+
+
+def mount_command(args) -> str:
+  """Mounts a gs:// workdir's bucket at ~/gcs/<bucket> (gcsfuse from Google's apt repository if
+  missing). Directory renames are allowed because Orbax commits a checkpoint step by renaming its
+  temporary folder; gcsfuse renames folders object by object, so that commit is not atomic."""
+  bucket, _ = _bucket_and_path(args.workdir)
+  repository = ("deb [signed-by=/usr/share/keyrings/cloud.google.asc] "
+                "https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) main")
+  install = " && ".join([
+      f"echo {shlex.quote(repository)} | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null",
+      "curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg"
+      " | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null",
+      "sudo apt-get update -qq", "sudo apt-get install -y -qq gcsfuse"])
+  mount_point = f"{_MOUNTS}/{bucket}"
+  return (f"(command -v gcsfuse >/dev/null || ({install})) && mkdir -p {mount_point} && "
+          f"(mountpoint -q {mount_point} || gcsfuse --implicit-dirs --rename-dir-limit=1000000 "
+          f"{shlex.quote(bucket)} {mount_point})")
+
+
+def worker_workdir(args) -> str:
+  """The workdir as the train command (run from the code folder) names it on a worker."""
+  if not args.workdir.startswith("gs://"):
+    return args.workdir
+  bucket, path = _bucket_and_path(args.workdir)
+  return f"../{_MOUNTS}/{bucket}/{path}"
+
+
 def train_command(args) -> str:
   """The command every worker runs from its code folder."""
   return shlex.join([f"../{_VENV}/bin/python", "-m", "flashworld_jax.train",
-                     f"--config={args.config}", f"--workdir={args.workdir}",
+                     f"--config={args.config}", f"--workdir={worker_workdir(args)}",
                      *shlex.split(args.extra_args)])
 
 
@@ -116,9 +155,11 @@ def launch_commands(args) -> list[list[str]]:
                    f"while kill -0 $(cat {_PID}) 2>/dev/null; do sleep 5; done; fi")
   start = (f"{stop_previous}; cd {_CODE} || exit 1; setsid nohup {train_command(args)} "
            f"> ../{_LOG} 2>&1 < /dev/null & echo $! > ../{_PID}")
+  mount = [_on_workers(args, mount_command(args))] if args.workdir.startswith("gs://") else []
   return [["git", "-C", _REPO, "archive", "--format=tar.gz", f"--output={archive}", "HEAD"],
           _gcloud(args, "tpu-vm", "scp", archive, f"{args.name}:{_ARCHIVE}", "--worker=all"),
           _on_workers(args, install),
+          *mount,
           _on_workers(args, start),
           _on_workers(args, f"tail -n +1 -F {_LOG}", worker="0")]
 

@@ -303,11 +303,9 @@ _FAKE_METRICS = ("loss_flow_matching", "loss_discriminator", "loss_r1")
 def _apply(params, opt_state, ema, grads, tx, ema_decay, ok):
   updates, new_opt = tx.update(grads, opt_state, params)
   new_params = optax.apply_updates(params, updates)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
   new_ema = None if ema is None else jax.tree.map(
       lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params)
-  return keep(new_params, params), keep(new_opt, opt_state), (None if ema is None
-                                                              else keep(new_ema, ema))
+  return state_lib.keep_where(ok, (new_params, new_opt, new_ema), (params, opt_state, ema))
 
 
 PHASES = ("generator", "fake")

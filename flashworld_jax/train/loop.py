@@ -161,6 +161,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
   stage = STAGES.get(cfg.stage)
   if stage is None:
     raise TrainingError(f"config stage {cfg.stage!r}: expected one of {sorted(STAGES)}")
+  if "://" in workdir:
+    raise TrainingError(f"--workdir={workdir}: the loop writes through the filesystem; mount the "
+                        "bucket (gcsfuse, as launch/tpu_pod.py does) and pass the mount's path")
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     atomic.write_text(os.path.join(workdir, "config.json"), cfg.to_json(indent=1) + "\n")

@@ -98,9 +98,19 @@ def apply_gradients(state: TrainState, grads: nnx.State, tx: optax.GradientTrans
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
-  return state._replace(params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-                        ema=keep(ema, state.ema))
+  params, opt_state, ema = keep_where(ok, (params, opt_state, ema),
+                                      (state.params, state.opt_state, state.ema))
+  return state._replace(params=params, opt_state=opt_state, ema=ema)
+
+
+def keep_where(ok: jax.Array, new, old):
+  """`new` if the scalar `ok` holds, else `old`.
+
+  A `cond`, not a select per leaf: XLA fuses the predicate's reduction (an `and` over every
+  gradient leaf) into each leaf's select, which made 63k of the tiny pre-training step's 198k
+  optimised HLO instructions and 40 % of its CPU compile time.
+  """
+  return jax.lax.cond(ok, lambda: new, lambda: old)
 
 
 def all_finite(tree) -> jax.Array:

@@ -54,17 +54,29 @@ def test_tpu_pod_dry_run_creates_copies_installs_starts_and_follows():
   assert commands[2] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", archive,
                          "fw-test:flashworld-code.tar.gz", "--worker=all", *_ZONE]
   ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "fw-test"]
-  install, start, follow = commands[3:]
+  install, mount, start, follow = commands[3:]
   assert install[:7] == ssh + ["--worker=all"] and install[8:] == _ZONE
   assert (f"flashworld-venv/bin/pip install -q -r flashworld/requirements.txt "
           f"'jax[tpu]=={_JAX_PIN}'") in _option(install, "command")
+  # The bucket is mounted on every worker and the run writes through the mount.
+  assert mount[:7] == ssh + ["--worker=all"]
+  assert ("mkdir -p gcs/bucket && (mountpoint -q gcs/bucket || gcsfuse --implicit-dirs "
+          "--rename-dir-limit=1000000 bucket gcs/bucket)") in _option(mount, "command")
+  assert _option(mount, "command").startswith("(command -v gcsfuse >/dev/null || (")
   assert start[:7] == ssh + ["--worker=all"]
   remote = shlex.split(_option(start, "command"))
   train = remote[remote.index("nohup") + 1:remote.index(">")]
   assert train == ["../flashworld-venv/bin/python", "-m", "flashworld_jax.train",
-                   "--config=configs/train.py:pretrain_5b", "--workdir=gs://bucket/run",
+                   "--config=configs/train.py:pretrain_5b", "--workdir=../gcs/bucket/run",
                    "--config.num_steps=10", "--max_steps=5"]
   assert follow == ssh + ["--worker=0", "--command=tail -n +1 -F train.log", *_ZONE]
+
+
+def test_tpu_pod_shared_mount_workdir_is_passed_as_is_without_gcsfuse():
+  flags = [f for f in _POD if not f.startswith("--workdir")] + ["--workdir=/mnt/shared/run"]
+  commands = _commands(_launch("tpu_pod.py", *flags, "--reuse", "--dry_run").stdout)
+  assert not any("gcsfuse" in word for command in commands for word in command)
+  assert "--workdir=/mnt/shared/run" in shlex.split(_option(commands[3], "command"))
 
 
 def test_tpu_pod_queued_resource_waits_until_active_and_reuse_skips_creation():
@@ -90,7 +102,9 @@ def test_tpu_pod_delete_only_deletes(queued, expected):
 
 @pytest.mark.parametrize("flags, message", [
     (("--workdir=runs/x",), "the workers share no disk"),
-    (("--workdir=gs://b/x", "--accelerator_type=v9-8"), "no default --runtime_version"),
+    (("--workdir=gs://bucket",), "expected gs://bucket/path"),
+    (("--workdir=gs://Bad_Bucket/x",), "expected gs://bucket/path"),
+    (("--workdir=gs://bkt/x", "--accelerator_type=v9-8"), "no default --runtime_version"),
     ((), "--workdir is required")])
 def test_tpu_pod_bad_flags_are_one_line_errors(flags, message):
   result = _launch("tpu_pod.py", "--name=n", "--zone=z", "--dry_run", *flags, check=False)

@@ -143,3 +143,11 @@ def test_trainer_checkpoint_generates_a_scene(uninterrupted, tmp_path):
   assert "RANDOM WEIGHTS" not in result.stderr
   (scene,) = os.listdir(out)
   assert {"gaussians.ply", "gaussians.spz", "request.json"} <= set(os.listdir(out / scene))
+
+
+def test_a_bucket_url_workdir_is_refused_before_anything_is_written(tiny_config, tmp_path,
+                                                                    monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(loop.TrainingError, match=r"--workdir=gs://bucket/run: .*mount the bucket"):
+    loop.run(tiny_config, "gs://bucket/run")
+  assert os.listdir(tmp_path) == []
