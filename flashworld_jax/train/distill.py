@@ -379,7 +379,7 @@ def _guard(loss, grads, needed, metrics, settings):
   finite = state_lib.all_finite(grads) & jnp.isfinite(loss)
   overflow = rendering.exceeds(needed, settings)
   metrics = dict(metrics, needed=needed, nonfinite=~finite, overflow=overflow,
-                 grad_norm=jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))))
+                 grad_norm=optax.tree.norm(grads))
   return finite & ~overflow, metrics
 
 

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from flax import nnx
 
 from flashworld_jax import sharding
@@ -212,11 +213,7 @@ def make_step(cfg: ml_collections.ConfigDict, graphdef, settings: RenderSettings
     new_state = state_lib.apply_gradients(state, grads, tx, cfg.ema_decay, finite & ~overflow)
     # An overflow re-runs the same batch with a larger capacity: the step does not advance.
     new_state = new_state._replace(step=state.step + jnp.where(overflow, 0, 1).astype(jnp.int32))
-    metrics.update(grad_norm=_global_norm(grads), nonfinite=~finite, overflow=overflow)
+    metrics.update(grad_norm=optax.tree.norm(grads), nonfinite=~finite, overflow=overflow)
     return new_state, metrics
 
   return step
-
-
-def _global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
