@@ -50,7 +50,7 @@ test-all: $(STAMPS)/test
 	$(PYTEST) -m "" tests/train
 
 bench: $(STAMPS)/test
-	for b in rasterizer denoiser vae text_encoder data train; do $(PY) -m bench.$$b || exit 1; done
+	for b in rasterizer denoiser vae text_encoder data train compile; do $(PY) -m bench.$$b || exit 1; done
 
 data/synthetic-train/dataset_info.json: | $(STAMPS)/runtime
 	$(PY) -m flashworld_jax.data.build --dataset=synthetic --split=train --num_scenes=400 \
