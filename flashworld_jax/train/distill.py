@@ -300,14 +300,6 @@ _GENERATOR_METRICS = ("loss_dmd_input", "loss_dmd_novel", "loss_gan_generator", 
 _FAKE_METRICS = ("loss_flow_matching", "loss_discriminator", "loss_r1")
 
 
-def _apply(params, opt_state, ema, grads, tx, ema_decay, ok):
-  updates, new_opt = tx.update(grads, opt_state, params)
-  new_params = optax.apply_updates(params, updates)
-  new_ema = None if ema is None else jax.tree.map(
-      lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params)
-  return state_lib.keep_where(ok, (new_params, new_opt, new_ema), (params, opt_state, ema))
-
-
 PHASES = ("generator", "fake")
 
 
@@ -339,9 +331,9 @@ def make_step(cfg: ml_collections.ConfigDict, graphdef, settings, phase: str | N
         state.generator, (state.fake, frozen), graphdef, inputs, batch, k, simulated, key, cfg=cfg,
         settings=settings, cmc_to_mv_head=cmc_to_mv_head)
     ok, metrics = _guard(loss, grads, needed, metrics, settings)
-    generator, generator_opt, ema = _apply(state.generator, state.generator_opt,
-                                           state.generator_ema, grads, generator_tx, cfg.ema_decay,
-                                           ok)
+    generator, generator_opt, ema = state_lib.guarded_update(
+        state.generator, state.generator_opt, state.generator_ema, grads, generator_tx,
+        cfg.ema_decay, ok)
     new_state = state._replace(generator=generator, generator_opt=generator_opt, generator_ema=ema)
     return new_state, _complete(metrics, loss, k, True)
 
@@ -356,7 +348,8 @@ def make_step(cfg: ml_collections.ConfigDict, graphdef, settings, phase: str | N
                                      x_in, loss_key, cfg=cfg)
     metrics["sample_mean"] = jnp.mean(x_in)
     ok, metrics = _guard(loss, grads, needed, metrics, settings)
-    fake, fake_opt, _ = _apply(state.fake, state.fake_opt, None, grads, fake_tx, 0.0, ok)
+    fake, fake_opt, _ = state_lib.guarded_update(state.fake, state.fake_opt, None, grads, fake_tx,
+                                                 0.0, ok)
     return state._replace(fake=fake, fake_opt=fake_opt), _complete(metrics, loss, k, False)
 
   def step(state: DistillState, frozen, batch):

@@ -92,14 +92,22 @@ def step_key(state: TrainState) -> jax.Array:
   return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
 
+def guarded_update(params, opt_state, ema, grads, tx: optax.GradientTransformation,
+                   ema_decay: float, ok: jax.Array):
+  """(params, opt_state, ema) after one optimizer and EMA update, kept only where `ok` (finite loss
+  and gradients, valid renders). `ema` may be None (a network without an EMA)."""
+  updates, new_opt_state = tx.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  new_ema = None if ema is None else jax.tree.map(
+      lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params)
+  return keep_where(ok, (new_params, new_opt_state, new_ema), (params, opt_state, ema))
+
+
 def apply_gradients(state: TrainState, grads: nnx.State, tx: optax.GradientTransformation,
                     ema_decay: float, ok: jax.Array) -> TrainState:
-  """One optimizer and EMA update, kept only where `ok` (finite loss and gradients, valid renders)."""
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema, params)
-  params, opt_state, ema = keep_where(ok, (params, opt_state, ema),
-                                      (state.params, state.opt_state, state.ema))
+  """`guarded_update` of a `TrainState`."""
+  params, opt_state, ema = guarded_update(state.params, state.opt_state, state.ema, grads, tx,
+                                          ema_decay, ok)
   return state._replace(params=params, opt_state=opt_state, ema=ema)
 
 
