@@ -40,7 +40,7 @@ demo: $(STAMPS)/runtime
 
 # Two worker processes (one per core: most of a test's time is single-threaded XLA compilation),
 # each taking whole files; the training tests compile the largest programs and start in fresh ones.
-PYTEST := $(PY) -m pytest -n 2 --dist loadfile
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 test: $(STAMPS)/test
 	$(PYTEST) --ignore=tests/train
 	$(PYTEST) tests/train

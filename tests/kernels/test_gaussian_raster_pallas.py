@@ -138,7 +138,8 @@ RANDOM_COUNTS = (0, 1, 37, 128, 200, 256, 129, 255)   # empty, partial, exactly 
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("n_feats", (1, 3, 4))
+@pytest.mark.parametrize("n_feats", (pytest.param(1, marks=pytest.mark.slow),
+                                     pytest.param(3, marks=pytest.mark.slow), 4))
 def test_random_tiles_match_dense_oracle(backend, n_feats):
   params, feats, counts = random_slabs(n_feats, RANDOM_COUNTS, n_feats)
   g_acc, g_t = random_cotangents(10 + n_feats, len(RANDOM_COUNTS), n_feats)

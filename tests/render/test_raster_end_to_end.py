@@ -190,6 +190,7 @@ def test_empty_scene_culled_scene_and_one_pixel_image():
   np.testing.assert_allclose(img[0, 0, 0], [0.5, 0.0, 0.0], rtol=1e-6)
 
 
+@pytest.mark.slow   # the gsplat oracle cases above check the same gradients in the fast suite
 def test_finite_differences():
   # The image is discontinuous where α crosses 1/255 or T crosses 1e-4. Gaussians much wider than the
   # 16×16 image (σ ≈ 20 px, α ≥ 0.5·o everywhere) with o ≤ 0.7 (T ≥ 0.3⁶) avoid every threshold, so

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs.flashworld import get_config
 from flashworld_jax import sharding
@@ -50,6 +51,14 @@ def scene():
   return cfg, mesh, model, cond, settings
 
 
+# The model pieces, each jitted on its own (run eagerly, op by op, they took twice as long here).
+_denoise = nnx.jit(lambda dit, x, t, context: dit(x, t, context))
+_decode = nnx.jit(lambda decoder, vae, feature, x0, cams: decoder(feature, x0, cams,
+                                                                  vae.unnormalize_latent))
+_encode = nnx.jit(lambda vae, rgb, key: vae.normalize_latent(vae.sample_posterior(*vae.encode(rgb),
+                                                                                  key)))
+
+
 def _by_hand(cfg, model, cond, settings, key):
   """Spec §9, step by step, calling the model pieces directly."""
   scheduler = FlowMatchScheduler.from_config(cfg.scheduler)
@@ -61,9 +70,10 @@ def _by_hand(cfg, model, cond, settings, key):
   for i, (sigma, t) in enumerate(zip(scheduler.step_sigmas, scheduler.step_timesteps)):
     x = assemble_dit_input(z[None], cond.raymap[None], cond.cond_latent[None], fb_feature[None],
                            fb_latent[None], cfg.dit)
-    velocity, feature = split_dit_output(model.dit(x, jnp.full((1,), t), cond.context)[0], cfg.dit)
+    velocity, feature = split_dit_output(_denoise(model.dit, x, jnp.full((1,), t), cond.context)[0],
+                                         cfg.dit)
     x0_mv = z - sigma * velocity
-    gaussians = model.gaussian_decoder(feature, x0_mv, cond.cams, model.vae.unnormalize_latent)
+    gaussians = _decode(model.gaussian_decoder, model.vae, feature, x0_mv, cond.cams)
     steps.append((velocity, feature, x0_mv, gaussians))
     if i == 3:
       break
@@ -71,8 +81,7 @@ def _by_hand(cfg, model, cond, settings, key):
     rgb, _, _, meta = render_gaussians(gaussians, cond.cams, HEIGHT, WIDTH, background=1.0,
                                        capacity=capacity)
     assert not bool(meta["overflow"])
-    mean, logvar = model.vae.encode(rgb)
-    x0_3d = model.vae.normalize_latent(model.vae.sample_posterior(mean, logvar, encode_keys[i]))
+    x0_3d = _encode(model.vae, rgb, encode_keys[i])
     sigma_next = scheduler.step_sigmas[i + 1]
     z = (1 - sigma_next) * x0_3d + sigma_next * jax.random.normal(renoise_keys[i], x0_3d.shape)
     fb_feature, fb_latent = feature, x0_3d
