@@ -25,22 +25,25 @@ def _release_executables():
   jax.clear_caches()
 
 
-# The costliest files (their tests' seconds in one worker, measured on this 2-core machine), in
-# that order before all others: pytest-xdist hands out whole files in collection order
-# (`--dist loadfile --no-loadscope-reorder`), so the long ones start first and short ones fill
-# the end instead of one worker finishing a long file alone.
+# The costliest files (seconds of their tests in one worker, in one quiet `make test` here), in that
+# order before all others: pytest-xdist hands out whole files in collection order (`--dist loadfile
+# --no-loadscope-reorder`), so the long ones start first and short ones fill the end instead of one
+# worker finishing a long file alone.
 COSTLIEST_FIRST = (
-    "tests/train/test_loop.py", "tests/train/test_distill.py", "tests/train/test_autoencoder.py",
-    "tests/train/test_pretrain.py",                   # the training part: 440, 330, 220, 140 s
-    "tests/render/test_raster_compositor.py",         # 338 s
-    "tests/sampling/test_sampler.py",                 # 337 s
-    "tests/test_generate.py",                         # 279 s
-    "tests/render/test_raster_end_to_end.py",         # 235 s
-    "tests/models/test_gaussian_decoder.py",          # 234 s
-    "tests/kernels/test_gaussian_raster_pallas.py",   # 207 s
-    "tests/models/test_dit.py",                       # 200 s
-    "tests/test_evaluate.py",                         # 162 s
-    "tests/models/test_vae.py",                       # 158 s
+    "tests/train/test_loop.py",                       # 381 s
+    "tests/train/test_distill.py",                    # 347 s
+    "tests/train/test_pretrain.py",                   # 159 s
+    "tests/train/test_autoencoder.py",                # 149 s
+    "tests/sampling/test_sampler.py",                 # 183 s
+    "tests/test_generate.py",                         # 160 s
+    "tests/render/test_raster_compositor.py",         # 143 s
+    "tests/models/test_gaussian_decoder.py",          # 132 s
+    "tests/kernels/test_gaussian_raster_pallas.py",   # 106 s
+    "tests/models/test_dit.py",                       # 99 s
+    "tests/render/test_raster_end_to_end.py",         # 95 s
+    "tests/test_evaluate.py",                         # 77 s
+    "tests/models/test_gaussian_decoder_render.py",   # 77 s
+    "tests/models/test_vae.py",                       # 73 s
 )
 
 

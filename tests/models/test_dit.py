@@ -287,16 +287,14 @@ def test_bad_inputs_raise_value_errors(mesh1):
   bad.remat_policy, bad.matmul_precision = "none", "tf32"
   with pytest.raises(ValueError, match=r"dit\.matmul_precision='tf32': expected one of"):
     dit.dims_from_config(bad)
-  # Shapes only (no weights are drawn): the checks come before any use of them.
-  with jax.set_mesh(mesh1), sharding.rules():
-    model = nnx.eval_shape(lambda: dit.WanDiT(cfg, rngs=nnx.Rngs(0)))
+  # Shapes only (no weights are drawn): the checks raise while the call is traced.
   x, t, context = _inputs(cfg, jax.random.key(8), batch=1)
   with pytest.raises(ValueError, match="timestep must be"):
-    model(x, jnp.zeros((1, 5)), context)
+    _abstract_call(cfg, mesh1, x, jnp.zeros((1, 5)), context)
   with pytest.raises(ValueError, match="x must be"):
-    model(x[..., :48], t, context)
+    _abstract_call(cfg, mesh1, x[..., :48], t, context)
   with pytest.raises(ValueError, match="context must be"):
-    model(x, t, context[..., :8])
+    _abstract_call(cfg, mesh1, x, t, context[..., :8])
   with pytest.raises(ValueError, match="rope_max_seq_len"):
     small = copy.deepcopy(cfg)
     small.rope_max_seq_len = 2
@@ -306,19 +304,17 @@ def test_bad_inputs_raise_value_errors(mesh1):
 
 
 def _abstract_call(cfg, mesh, *inputs):
-  """The DiT's output shape, traced with shapes only (checks inside the trace raise as usual)."""
+  """The DiT's output (shape and dtype) for inputs (arrays or ShapeDtypeStructs), traced from an
+  abstract model: no weights are drawn."""
   with jax.set_mesh(mesh), sharding.rules():
     graphdef, state = nnx.split(nnx.eval_shape(lambda: dit.WanDiT(cfg, rngs=nnx.Rngs(0))))
-    return jax.eval_shape(lambda s: nnx.merge(graphdef, s)(*inputs), state)
+    return jax.eval_shape(lambda s, *a: nnx.merge(graphdef, s)(*a), state, *inputs)
 
 
 def test_5b_forward_shapes_for_the_released_resolution(mesh1):
   """24 views of 30×44 latents (7,920 tokens), 512 text tokens: traced abstractly, no allocation."""
-  cfg = get_config("5b").dit
-  with jax.set_mesh(mesh1), sharding.rules():
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: dit.WanDiT(cfg, rngs=nnx.Rngs(0))))
-    out = jax.eval_shape(lambda s, x, t, c: nnx.merge(graphdef, s)(x, t, c), state,
-                         jax.ShapeDtypeStruct((1, 24, 30, 44, 1174), jnp.float32),
-                         jax.ShapeDtypeStruct((1,), jnp.float32),
-                         jax.ShapeDtypeStruct((1, 512, 4096), jnp.bfloat16))
+  out = _abstract_call(get_config("5b").dit, mesh1,
+                       jax.ShapeDtypeStruct((1, 24, 30, 44, 1174), jnp.float32),
+                       jax.ShapeDtypeStruct((1,), jnp.float32),
+                       jax.ShapeDtypeStruct((1, 512, 4096), jnp.bfloat16))
   assert (out.shape, out.dtype) == ((1, 24, 30, 44, 1072), jnp.float32)
