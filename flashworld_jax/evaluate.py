@@ -21,7 +21,10 @@ every view but the conditioning one (`other`, the demo model's acceptance group)
 abs-rel error of the expected depth against the records' z-depth where they hold one (synthetic
 data; pixels without a surface are left out), the generation time (conditioning and sampling; in
 3D mode not the scoring renders), and two trivial baselines scored on the same views: the
-conditioning image shown at every view and the best constant colour (the views' mean).
+conditioning image shown at every view and the best constant colour (the views' mean). Over all
+scenes together, per group without the conditioning view: the patch Fréchet distance of the
+generated views to the true ones (`patch_fd_<group>`, `train.patch_frechet`), an FID-like score that
+rewards views distributed like real ones where PSNR rewards their blurred average.
 `model_vs_best_baseline` puts the model's PSNR next to the better baseline's. Scene 0 is generated
 once before the timed runs; `compile_seconds` is that warm-up's time minus scene 0's timed one.
 `<output>/contact_sheet.png` shows per scene the ground truth above the generated views (the
@@ -274,11 +277,12 @@ def contact_sheet(strips: list[np.ndarray]) -> np.ndarray:
   return np.concatenate(rows, axis=0)
 
 
-def _evaluate_scene(mode, scene: dict, key: jax.Array, num_input_views: int
-                    ) -> tuple[dict, np.ndarray]:
-  """The scene's report entry and its contact-sheet strip."""
+def _evaluate_scene(mode, scene: dict, key: jax.Array, num_input_views: int,
+                    distributions: evaluation.ViewDistributions) -> tuple[dict, np.ndarray]:
+  """The scene's report entry and its contact-sheet strip; its views join `distributions`."""
   output, seconds = _timed(lambda: mode.generate(scene, key))
   rgb, depth = mode.views(output, scene)
+  distributions.add(rgb, scene["images"])
   entry = {
       "clip_id": scene["clip_id"], "text": scene["text"], "generation_seconds": seconds,
       "metrics": evaluation.scene_metrics(rgb, scene["images"], num_input_views, depth,
@@ -337,15 +341,17 @@ def _settings_report(fv: flags.FlagValues, cfg, folder: str, split: str, resolut
 
 
 def _generate_all(fv: flags.FlagValues, mode, scenes: list[dict]):
-  """(warm-up seconds, report entry per scene, contact-sheet strip per scene)."""
+  """(warm-up seconds, report entry per scene, contact-sheet strip per scene, the set's patch
+  Fréchet distances)."""
   _, warmup_seconds = _timed(lambda: mode.generate(scenes[0], evaluation.scene_key(fv.seed, 0)))
   entries, strips = [], []
+  distributions = evaluation.ViewDistributions(fv.num_input_views)
   for i, scene in enumerate(tqdm(scenes, desc=f"evaluate ({fv.mode})", unit="scene")):
     entry, scene_strip = _evaluate_scene(mode, scene, evaluation.scene_key(fv.seed, i),
-                                         fv.num_input_views)
+                                         fv.num_input_views, distributions)
     entries.append(entry)
     strips.append(scene_strip)
-  return warmup_seconds, entries, strips
+  return warmup_seconds, entries, strips, distributions.scores()
 
 
 def run(fv: flags.FlagValues) -> dict:
@@ -361,8 +367,8 @@ def run(fv: flags.FlagValues) -> dict:
   model, random = build_flashworld(cfg, mesh, fv.checkpoint, seed=cfg.seed)
   with jax.set_mesh(mesh):
     mode = _make_mode(fv, model, cfg, resolution, tokenize)
-    warmup_seconds, entries, strips = _generate_all(fv, mode, scenes)
-  metrics = evaluation.mean_metrics([e["metrics"] for e in entries])
+    warmup_seconds, entries, strips, distribution = _generate_all(fv, mode, scenes)
+  metrics = {**evaluation.mean_metrics([e["metrics"] for e in entries]), **distribution}
   baselines = evaluation.mean_metrics([e["baselines"] for e in entries])
   seconds = [e["generation_seconds"] for e in entries]
   report = {**_settings_report(fv, cfg, folder, split, resolution, random),

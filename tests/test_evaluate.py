@@ -128,14 +128,18 @@ def test_3d_report_scores_every_group_finitely(report_3d):
   assert report["mode"] == "3d" and report["random_components"] == []
   assert (report["num_scenes"], report["num_input_views"], report["num_novel_views"]) == (2, 3, 1)
   groups = ("condition_view", "input", "input_other", "novel", "other")
-  assert set(report["metrics"]) == {f"{m}_{g}" for m in ("psnr", "ssim", "depth_abs_rel")
-                                    for g in groups}
+  fd_groups = ("input_other", "novel", "other")
+  assert set(report["metrics"]) == (
+      {f"{m}_{g}" for m in ("psnr", "ssim", "depth_abs_rel") for g in groups}
+      | {f"patch_fd{level}_{g}" for level in ("", "_level0", "_level1", "_level2", "_level3")
+         for g in fd_groups})
   assert set(report["baselines"]) == {f"{b}_psnr_{g}" for b in ("condition_image", "mean_colour")
                                       for g in ("input_other", "novel", "other")}
   assert all(math.isfinite(x) for x in _numbers(report))
   assert [s["clip_id"] for s in report["scenes"]] == ["test/0", "test/1"]
   for key, value in report["metrics"].items():
-    assert value == pytest.approx(np.mean([s["metrics"][key] for s in report["scenes"]]))
+    if not key.startswith("patch_fd"):   # a set-level score, not a mean over scenes
+      assert value == pytest.approx(np.mean([s["metrics"][key] for s in report["scenes"]]))
   assert all(s["generation_seconds"] > 0 for s in report["scenes"])
   assert report["warmup_seconds"] >= report["compile_seconds"] >= 0
 
@@ -175,8 +179,11 @@ def test_mv_mode_scores_the_input_views_only(inputs, tmp_path):
                        "--guidance_scale=2.0"))
   assert (report["mode"], report["num_novel_views"], report["num_steps"],
           report["guidance_scale"]) == ("mv", 0, 1, 2.0)
-  assert set(report["metrics"]) == {f"{m}_{g}" for m in ("psnr", "ssim")
-                                    for g in ("condition_view", "input", "input_other", "other")}
+  assert set(report["metrics"]) == (
+      {f"{m}_{g}" for m in ("psnr", "ssim")
+       for g in ("condition_view", "input", "input_other", "other")}
+      | {f"patch_fd{level}_{g}" for level in ("", "_level0", "_level1", "_level2", "_level3")
+         for g in ("input_other", "other")})
   assert set(report["baselines"]) == {f"{b}_psnr_{g}" for b in ("condition_image", "mean_colour")
                                       for g in ("input_other", "other")}
   assert all(math.isfinite(x) for x in _numbers(report))

@@ -8,13 +8,16 @@ expected depth) and the MV mode (`sample_mv`: the guided multi-view sampler, the
 by the VAE; it has no novel views and no depth).
 
 Scores (`scene_metrics`) are per group of views (`view_groups`): PSNR and SSIM and, where the
-records hold z-depth (synthetic data), the abs-rel error of the rendered expected depth.
+records hold z-depth (synthetic data), the abs-rel error of the rendered expected depth. Over the
+whole set of scenes (`ViewDistributions`): the patch Fréchet distance of the generated views to the
+true ones, an FID-like score of how real they look (`patch_frechet`).
 The trainer calls `evaluate_3d`; `python -m flashworld_jax.evaluate` composes the pieces.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +31,7 @@ from flashworld_jax.models.umt5 import text_embeddings
 from flashworld_jax.sampling import mv_sampler, sampler
 from flashworld_jax.sampling.conditioning import LATENT_STRIDE
 from flashworld_jax.train import metrics as metrics_lib
+from flashworld_jax.train import patch_frechet
 
 CONDITION_VIEW = 0
 BASELINES = ("condition_image", "mean_colour")   # see `baseline_metrics`
@@ -245,6 +249,41 @@ def baseline_metrics(images, num_views: int, num_input_views: int) -> dict[str, 
   return scores
 
 
+class ViewDistributions:
+  """The generated and the true views of every group without the conditioning view, pooled over
+  scenes as patch statistics: `scores()` gives their patch Fréchet distance (`patch_frechet`, the
+  FID-like score) per group, `patch_fd_<group>`, and per pyramid level, `patch_fd_level<i>_<group>`."""
+
+  def __init__(self, num_input_views: int):
+    self.num_input_views = num_input_views
+    self._sets: dict[str, tuple[patch_frechet.PatchStatistics, ...]] = {}
+
+  def add(self, rgb, images) -> None:
+    """A scene's generated views rgb [G, H, W, 3] in [−1, 1] and its uint8 views [V ≥ G, H, W, 3]."""
+    rgb = np.asarray(rgb, np.float32)
+    for name, views in view_groups(len(rgb), self.num_input_views).items():
+      if CONDITION_VIEW in views:
+        continue  # the conditioning image is given, not generated
+      if name not in self._sets:
+        bands = patch_frechet.bands_for(*rgb.shape[1:3])
+        self._sets[name] = (patch_frechet.PatchStatistics(bands), patch_frechet.PatchStatistics(bands))
+      generated, real = self._sets[name]
+      generated.add(rgb[views])
+      real.add(to_unit(images[views]))
+
+  def scores(self) -> dict[str, float]:
+    """NaN for a group with fewer than two views over all scenes: no covariance to fit."""
+    scores = {}
+    for name, (generated, real) in self._sets.items():
+      if generated.count < 2:
+        levels = [f"level{i}_" for i in range(generated.num_bands + 1)]
+        scores.update({f"patch_fd_{level}{name}": math.nan for level in [""] + levels})
+        continue
+      scores.update({f"{key}_{name}": value
+                     for key, value in patch_frechet.score(generated, real).items()})
+    return scores
+
+
 def mean_metrics(per_scene: list[dict[str, float]]) -> dict[str, float]:
   return {k: float(np.mean([s[k] for s in per_scene])) for k in per_scene[0]}
 
@@ -262,9 +301,10 @@ def strip(images, rgb, views=None) -> np.ndarray:
 
 def evaluate_3d(model, scenes: list[dict], cfg: ml_collections.ConfigDict,
                 settings: sampler.RenderSettings, seed: int = 0):
-  """The 3D mode on `scenes` for a training config `cfg`: (mean metrics, [ground truth over render
-  uint8 strip per scene], settings grown if needed)."""
+  """The 3D mode on `scenes` for a training config `cfg`: (mean metrics and the set's patch Fréchet
+  distances, [ground truth over render uint8 strip per scene], settings grown if needed)."""
   per_scene, strips = [], []
+  distributions = ViewDistributions(cfg.data.num_input_views)
   for i, scene in enumerate(scenes):
     gaussians, settings = sample_3d(model, scene, scene_key(seed, i), cfg=cfg.model,
                                     settings=settings, num_input_views=cfg.data.num_input_views)
@@ -272,4 +312,5 @@ def evaluate_3d(model, scenes: list[dict], cfg: ml_collections.ConfigDict,
     per_scene.append(scene_metrics(rgb, scene["images"], cfg.data.num_input_views, depth,
                                    scene.get("depth")))
     strips.append(strip(scene["images"], rgb))
-  return mean_metrics(per_scene), strips, settings
+    distributions.add(rgb, scene["images"])
+  return {**mean_metrics(per_scene), **distributions.scores()}, strips, settings

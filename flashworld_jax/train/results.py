@@ -7,9 +7,10 @@ r"""The README's Results from runs and evaluation reports: the stage table and t
 
 Writes `<output>/stage_table.md` (one row per report: PSNR at the conditioning view, the other
 input views, the novel views and every view but the conditioning one, SSIM and depth abs-rel there,
-the best trivial baseline's PSNR on the same views and seconds per scene) and
+the best trivial baseline's PSNR on the same views, the patch Fréchet distance there and seconds
+per scene) and
 `<output>/curves_<run>.png` (each run's held-out evaluation metrics over training steps, from its
-`metrics.jsonl`) and, with `--contact_sheet=<evaluate output>`, `<output>/contact_sheet.png`: the
+`metrics.jsonl`), `<output>/curves_<run>_patch_fd.png` (its patch Fréchet distances, if logged) and, with `--contact_sheet=<evaluate output>`, `<output>/contact_sheet.png`: the
 first `--sheet_scenes` scenes of that evaluation's sheet. Images are drawn with PIL: no plotting
 dependency.
 """
@@ -29,6 +30,8 @@ from flashworld_jax.io import atomic, images
 # Held-out metrics plotted per stage, when the run logged them.
 CURVES = ("eval/psnr_reconstruction", "eval/psnr_condition_view", "eval/psnr_input_other",
           "eval/psnr_novel", "eval/psnr_other")
+# The FID-like patch Fréchet distance (`train.patch_frechet`), drawn apart: another scale.
+FRECHET_CURVES = ("eval/patch_fd_novel", "eval/patch_fd_other")
 _COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
 _SIZE, _MARGIN = (560, 320), (48, 16, 16, 36)   # image; left, top, right, bottom margins
 
@@ -112,8 +115,9 @@ def _cell(value, digits: int = 2) -> str:
 def stage_table(rows: list[tuple[str, dict]]) -> str:
   """Markdown: one row per (label, evaluation report)."""
   lines = ["| stage | mode | PSNR cond. view | PSNR other inputs | PSNR novel | PSNR all others "
-           "| best baseline, all others | SSIM all others | depth abs-rel all others | s / scene |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| best baseline, all others | SSIM all others | depth abs-rel all others "
+           "| patch FD all others | s / scene |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for label, report in rows:
     m = report["metrics"]
     baseline = report.get("model_vs_best_baseline", {}).get("other", {})
@@ -123,7 +127,8 @@ def stage_table(rows: list[tuple[str, dict]]) -> str:
         f"{_cell(m.get('psnr_input_other'))} | {_cell(m.get('psnr_novel'))} | "
         f"{_cell(m.get('psnr_other'))} | {_cell(baseline.get('best_baseline_psnr'))} "
         f"({baseline.get('best_baseline', '–')}) | {_cell(m.get('ssim_other'), 3)} | "
-        f"{_cell(m.get('depth_abs_rel_other'), 3)} | {_cell(float(seconds))} |")
+        f"{_cell(m.get('depth_abs_rel_other'), 3)} | {_cell(m.get('patch_fd_other'), 3)} | "
+        f"{_cell(float(seconds))} |")
   return "\n".join(lines) + "\n"
 
 
@@ -153,6 +158,12 @@ def write(runs: list[tuple[str, str]], reports: list[tuple[str, str]], output: s
     path = os.path.join(output, f"curves_{name}.png")
     atomic.write_bytes(path, images.encode_png(plot(shown, f"{name}: held-out PSNR (dB)")))
     written.append(path)
+    shown = {key.removeprefix("eval/"): metrics[key] for key in FRECHET_CURVES if key in metrics}
+    if shown:
+      path = os.path.join(output, f"curves_{name}_patch_fd.png")
+      atomic.write_bytes(path, images.encode_png(
+          plot(shown, f"{name}: held-out patch Fréchet distance (lower is closer to real)")))
+      written.append(path)
   if contact_sheet:
     report = _report(contact_sheet)
     sheet = images.decode_image(os.path.join(contact_sheet, "contact_sheet.png"))
