@@ -82,7 +82,7 @@ def plot(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> np.nda
   draw.rectangle((left, top, width - right, height - bottom), outline="black")
   for v in np.linspace(y_low, y_high, 5):
     draw.line((left - 4, to_y(v), left, to_y(v)), fill="black")
-    draw.text((4, to_y(v) - 6), f"{v:.1f}", fill="black")
+    draw.text((4, to_y(v) - 6), f"{v:.{2 if y_high - y_low < 4 else 1}f}", fill="black")
   for s in np.linspace(0, x_max, 5):
     draw.line((to_x(s), height - bottom, to_x(s), height - bottom + 4), fill="black")
     draw.text((to_x(s) - 12, height - bottom + 6), f"{s:.0f}", fill="black")
@@ -162,7 +162,7 @@ def write(runs: list[tuple[str, str]], reports: list[tuple[str, str]], output: s
     if shown:
       path = os.path.join(output, f"curves_{name}_patch_fd.png")
       atomic.write_bytes(path, images.encode_png(
-          plot(shown, f"{name}: held-out patch Fréchet distance (lower is closer to real)")))
+          plot(shown, f"{name}: held-out patch Frechet distance (lower is closer to real)")))
       written.append(path)
   if contact_sheet:
     report = _report(contact_sheet)
