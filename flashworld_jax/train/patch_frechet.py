@@ -90,8 +90,8 @@ class PatchStatistics:
     if images.ndim != 4:
       raise ValueError(f"patch_frechet: images must be [N, H, W, C], got shape {images.shape}")
     h, w = images.shape[1:3]
-    scale = 2 ** self.num_bands
-    if h % scale or w % scale or min(h, w) // scale < self.patch:
+    if bands_for(h, w, self.patch) < self.num_bands:
+      scale = 2 ** self.num_bands
       raise ValueError(f"patch_frechet: images of {h}×{w} cannot make {self.num_bands} bands: "
                        f"sides must be multiples of {scale} and at least {scale * self.patch}")
     if self.image_shape is not None and images.shape[1:] != self.image_shape:

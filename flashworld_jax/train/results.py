@@ -8,10 +8,10 @@ r"""The README's Results from runs and evaluation reports: the stage table and t
 Writes `<output>/stage_table.md` (one row per report: PSNR at the conditioning view, the other
 input views, the novel views and every view but the conditioning one, SSIM and depth abs-rel there,
 the best trivial baseline's PSNR on the same views, the patch Fréchet distance there and seconds
-per scene) and
-`<output>/curves_<run>.png` (each run's held-out evaluation metrics over training steps, from its
-`metrics.jsonl`), `<output>/curves_<run>_patch_fd.png` (its patch Fréchet distances, if logged) and, with `--contact_sheet=<evaluate output>`, `<output>/contact_sheet.png`: the
-first `--sheet_scenes` scenes of that evaluation's sheet. Images are drawn with PIL: no plotting
+per scene), `<output>/curves_<run>.png` (each run's held-out evaluation metrics over training
+steps, from its `metrics.jsonl`), `<output>/curves_<run>_patch_fd.png` (its patch Fréchet
+distances, if logged) and, with `--contact_sheet=<evaluate output>`, `<output>/contact_sheet.png`:
+the first `--sheet_scenes` scenes of that evaluation's sheet. Images are drawn with PIL: no plotting
 dependency.
 """
 from __future__ import annotations
