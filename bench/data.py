@@ -82,8 +82,7 @@ def bench_pipeline(args) -> dict:
     _build(data_dir, args.pipeline_scenes, args.pipeline_views, args.pipeline_height,
            args.pipeline_width, args.max_objects)
     start = time.perf_counter()
-    dataset = pipeline.make_dataset([pipeline.SourceSpec(data_dir)], spec, args.batch_size, seed=0,
-                                    process_index=0, process_count=1)
+    dataset = pipeline.make_dataset([pipeline.SourceSpec(data_dir)], spec, args.batch_size, seed=0)
     iterator = pipeline.make_iterator(dataset, num_threads=args.threads)
     next(iterator)
     first = time.perf_counter() - start

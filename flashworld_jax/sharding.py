@@ -86,6 +86,23 @@ def mesh_from_config(mesh_cfg) -> jax.sharding.Mesh:
   return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, mesh_cfg.sequence)
 
 
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Training batches: the leading axis split over the mesh's batch axes (data, fsdp)."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def process_batch_rows(mesh: jax.sharding.Mesh, batch_size: int) -> np.ndarray:
+  """The rows of a global batch this process's devices hold, ascending.
+
+  What the process reads of each batch, in the order `jax.make_array_from_process_local_data`
+  places it. Asked of the sharding rather than derived from the process index, because a pod's
+  mesh orders devices by the interconnect, not by process.
+  """
+  indices = batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
+  rows = {row for index in indices.values() for row in range(*index[0].indices(batch_size))}
+  return np.asarray(sorted(rows), np.int64)
+
+
 def logical_to_spec(logical_names: Sequence[str | None]) -> P:
   table = dict(LOGICAL_RULES)
   unknown = [n for n in logical_names if n is not None and n not in table]

@@ -1,12 +1,14 @@
 """The Grain training pipeline (no TensorFlow): sources mixed by weight, shuffled by seed, sampled,
-sharded per host, batched with static shapes, with an iterator state that checkpoints save.
+each process reading its own rows of every global batch, batched with static shapes.
 
   src  ─ shuffle(seed) ─ repeat ─┐
-  src' ─ shuffle(seed) ─ repeat ─┴─ mix(weights) ─ random_map(sample, seed) ─ [host::hosts] ─ batch
+  src' ─ shuffle(seed) ─ repeat ─┴─ mix(weights) ─ random_map(sample, seed) ─ [rows] ─ batch
 
-Every random choice comes from `random_map`'s per-element generator, so batch k is a function of
-(config, seed, k) alone: two runs with one seed see the same batches, and a run resumed from a
-saved iterator state continues with exactly the batches an uninterrupted run would have seen.
+Every random choice comes from `random_map`'s per-element generator, so global batch k is samples
+k·B … k·B+B−1 of one stream, a function of (config, seed, k) alone: two runs with one seed see the
+same batches in the same row order whatever their process count (each process reads its own rows
+of every batch), and a run resumed at batch k continues with exactly the batches an uninterrupted
+run would have seen, on any number of processes.
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import grain
-import jax
 import numpy as np
 
 from flashworld_jax.data import ood, records, sampling
@@ -47,21 +48,23 @@ def _mixed(datasets: Sequence[grain.MapDataset], weights: Sequence[float]) -> gr
 def make_dataset(sources: Sequence[SourceSpec], spec: SampleSpec, batch_size: int, seed: int, *,
                  ood_sources: ood.OODSources | None = None, ood_weight: float = 0.0,
                  tokenize: Callable[[str], dict] | None = None,
-                 process_index: int | None = None, process_count: int | None = None
-                 ) -> grain.MapDataset:
-  """Batches of samples (dicts of arrays with a leading `batch_size // process_count` axis).
+                 rows: Sequence[int] | None = None) -> grain.MapDataset:
+  """Batches of samples (dicts of arrays with a leading `len(rows)` axis): `rows` of each global
+  batch of `batch_size` (all of them when None; a process passes `sharding.process_batch_rows`).
 
   `ood_sources` with `ood_weight` > 0 mixes single-image and text-only samples (spec §13.4) with the
   multi-view ones at that share. `tokenize(text)` adds token arrays to each sample (the trainer passes
-  its tokenizer; data never imports models). Hosts get disjoint interleaved slices of one stream.
+  its tokenizer; data never imports models).
   """
   if not sources:
     raise ValueError("make_dataset needs at least one multi-view source")
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if batch_size < 1 or batch_size % process_count:
-    raise ValueError(f"batch_size={batch_size} must be a positive multiple of the {process_count} "
-                     "processes")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  rows = np.arange(batch_size) if rows is None else np.asarray(rows)
+  if (rows.ndim != 1 or not len(rows) or not np.issubdtype(rows.dtype, np.integer)
+      or rows.min() < 0 or rows.max() >= batch_size or len(np.unique(rows)) != len(rows)):
+    raise ValueError(f"rows must be distinct integers in [0, {batch_size}) (batch_size), got "
+                     f"{rows.tolist()}")
   opened = [_open(s) for s in sources]
   tagged = [grain.MapDataset.source(data).shuffle(seed=seed + i).repeat().map(
       lambda r: ("multiview", r)) for i, data in enumerate(opened)]
@@ -86,12 +89,21 @@ def make_dataset(sources: Sequence[SourceSpec], spec: SampleSpec, batch_size: in
     return result
 
   samples = mixed.random_map(sample, seed=seed)
-  if process_count > 1:
-    samples = samples[process_index::process_count]
-  return samples.batch(batch_size // process_count, drop_remainder=True)
+  if len(rows) < batch_size:
+    samples = _rows_of_each_batch(samples, batch_size, rows)
+  return samples.batch(len(rows), drop_remainder=True)
+
+
+def _rows_of_each_batch(samples: grain.MapDataset, batch_size: int,
+                        rows: np.ndarray) -> grain.MapDataset:
+  """Element i·len(rows)+j is sample i·batch_size + rows[j]: a random_map's element is a function
+  of its index, so this reads exactly the samples a process holding every row would place there."""
+  per_batch = len(rows)
+  return grain.MapDataset.range(len(samples) // batch_size * per_batch).map(
+      lambda i: samples[i // per_batch * batch_size + int(rows[i % per_batch])])
 
 
 def make_iterator(dataset: grain.MapDataset, num_threads: int = 2, prefetch: int = 4):
-  """An iterator with `get_state()` / `set_state()` for checkpoints (threads keep order)."""
+  """The batches in order (threads keep it); a resumed run iterates `dataset[next_batch:]`."""
   return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                         prefetch_buffer_size=prefetch)))

@@ -26,7 +26,7 @@ def abstract_batch(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> d
   mesh's batch axes."""
   d = cfg.data
   b, v, length = d.batch_size, d.num_input_views + d.num_novel_views, cfg.model.text.max_length
-  spec = NamedSharding(mesh, P(("data", "fsdp")))
+  spec = sharding.batch_sharding(mesh)
   shapes = {"images": ((b, v, d.height, d.width, 3), jnp.uint8),
             "cameras": ((b, v, 11), jnp.float32), "view_mask": ((b, v), jnp.bool_),
             "condition_index": ((b,), jnp.int32), "s_norm": ((b,), jnp.float32),

@@ -1,7 +1,7 @@
 """Training checkpoints: one Orbax step holds the whole run and, beside it, a model `generate` reads.
 
 Items per step: the train state (parameters, optimizer states, EMA, step, base RNG key), the data
-iterator state and the training config, plus the model components in `flashworld_jax.checkpoint`'s
+position (the next global batch, which no process count changes) and the training config, plus the model components in `flashworld_jax.checkpoint`'s
 layout (`dit`, `gaussian_decoder` from the EMA weights by default, the frozen `vae` and
 `text_encoder`) and the model `config`, so `generate --checkpoint=<workdir>/checkpoints` runs the
 latest step directly. Saves are asynchronous and atomic (a step appears only when complete); the
@@ -39,11 +39,15 @@ def _as_dict(state) -> dict:
   return state._asdict() if hasattr(state, "_asdict") else dict(state)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator_state: Mapping,
-         cfg: ml_collections.ConfigDict, components: Mapping[str, nnx.State]) -> None:
-  """Starts an asynchronous save of step `step` (call `mngr.wait_until_finished()` before exiting)."""
+def save(mngr: ocp.CheckpointManager, step: int, state, cfg: ml_collections.ConfigDict,
+         components: Mapping[str, nnx.State]) -> None:
+  """Starts an asynchronous save of step `step` (call `mngr.wait_until_finished()` before exiting).
+
+  Every step reads one global batch, so the data position is the step's.
+  """
   args = {STATE: ocp.args.StandardSave(_as_dict(state)),
-          DATA_ITERATOR: ocp.args.JsonSave(dict(data_iterator_state)),
+          DATA_ITERATOR: ocp.args.JsonSave({"next_batch": step,
+                                            "batch_size": cfg.data.batch_size}),
           TRAIN_CONFIG: ocp.args.JsonSave(cfg.to_dict()),
           model_checkpoint.CONFIG_ITEM: ocp.args.JsonSave(cfg.model.to_dict())}
   args.update({name: ocp.args.StandardSave(value) for name, value in components.items()})
@@ -51,7 +55,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator_state: Map
 
 
 def restore(mngr: ocp.CheckpointManager, state):
-  """(state, data iterator state, step) of the latest step, restored into `state`'s shapes, dtypes
+  """(state, data position, step) of the latest step, restored into `state`'s shapes, dtypes
   and shardings (the live topology decides the layout); None when the run has no checkpoint."""
   step = mngr.latest_step()
   if step is None:

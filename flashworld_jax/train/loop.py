@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from flashworld_jax import checkpoint as model_checkpoint
@@ -126,7 +125,7 @@ def with_constants(batch: dict, constants: dict) -> dict:
 
 def global_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
   """Per-host numpy batch → global arrays split over the mesh's batch axes."""
-  batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
+  batch_sharding = sharding.batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
           for k, v in batch.items() if k not in _HOST_ONLY}
 
@@ -178,8 +177,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
   # ------------------------------------------------------------------ data
   tokenize = make_tokenize(cfg)
   dataset = pipeline.make_dataset(sources(cfg), sample_spec(cfg), cfg.data.batch_size, cfg.seed,
-                                  tokenize=tokenize, **ood_mix(cfg))
-  iterator = pipeline.make_iterator(dataset, cfg.data.num_threads, cfg.data.prefetch)
+                                  tokenize=tokenize, **ood_mix(cfg),
+                                  rows=sharding.process_batch_rows(mesh, cfg.data.batch_size))
   d = cfg.data
   eval_scenes = (evaluation.load_scenes(
       d.eval_dir, d.eval_split,
@@ -199,11 +198,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
   mngr = checkpoints.manager(workdir, cfg.keep_checkpoints)
   writer = metric_writer.MetricWriter(workdir)
   restored = checkpoints.restore(mngr, state)
+  next_batch = 0
   if restored is not None:
-    state, iterator_state, start = restored
-    iterator.set_state(iterator_state)
+    state, data_position, start = restored
+    next_batch = _next_batch(data_position, cfg, start)
     writer.truncate_after(start)
     logging.info("resumed from %s at step %d", checkpoints.directory(workdir), start)
+  iterator = pipeline.make_iterator(dataset[next_batch:], cfg.data.num_threads, cfg.data.prefetch)
   start = int(state.step)
   end = cfg.num_steps if max_steps is None else min(cfg.num_steps, start + max_steps)
 
@@ -256,8 +257,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
           summary["eval"] = eval_metrics
           interval_start = time.perf_counter()
         if step % cfg.checkpoint_every == 0 or step == end or preemption.requested:
-          checkpoints.save(mngr, step, state, iterator.get_state(), cfg,
-                           components(stage, graphdef, state, frozen))
+          checkpoints.save(mngr, step, state, cfg, components(stage, graphdef, state, frozen))
           last_saved = step
           interval_start = time.perf_counter()
         if preemption.requested:
@@ -269,6 +269,18 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, max_steps: int | None = No
     preemption.restore()
   summary.update(end_step=step, preempted=preemption.requested)
   return summary
+
+
+def _next_batch(data_position: dict, cfg, step: int) -> int:
+  """The global batch a resumed run reads next; refuses a position this run cannot continue."""
+  if "next_batch" not in data_position:
+    raise TrainingError(f"checkpoint step {step}: its data position {data_position} predates "
+                        "process-count-independent batches; start a new workdir")
+  if data_position["batch_size"] != cfg.data.batch_size:
+    raise TrainingError(f"checkpoint step {step} was trained with data.batch_size="
+                        f"{data_position['batch_size']}, the config has {cfg.data.batch_size}: "
+                        "global batch k would hold other samples; resume with the same batch size")
+  return int(data_position["next_batch"])
 
 
 def _learning_rate(cfg, step: int) -> float:

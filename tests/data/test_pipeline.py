@@ -79,9 +79,9 @@ def test_skips_are_counted(tmp_path, renderer):
   assert totals["records"] == 2 and totals["skipped"] == {"missing frame": 1}
 
 
-def _batches(dataset_dir, count, seed=0, **kwargs):
-  it = pipeline.make_iterator(pipeline.make_dataset([pipeline.SourceSpec(dataset_dir)], SPEC, 2, seed,
-                                                    **kwargs))
+def _batches(dataset_dir, count, seed=0, batch_size=2, **kwargs):
+  it = pipeline.make_iterator(pipeline.make_dataset([pipeline.SourceSpec(dataset_dir)], SPEC,
+                                                    batch_size, seed, **kwargs))
   return [next(it) for _ in range(count)]
 
 
@@ -110,30 +110,32 @@ def test_same_seed_same_batches_other_seed_other_batches(dataset_dir):
              for a, b in zip(_batches(dataset_dir, 4), other))
 
 
-def test_resume_from_saved_iterator_state_is_exact(dataset_dir):
-  dataset = pipeline.make_dataset([pipeline.SourceSpec(dataset_dir)], SPEC, 2, 0)
-  uninterrupted = pipeline.make_iterator(dataset)
-  expected = [next(uninterrupted) for _ in range(7)]
-  first = pipeline.make_iterator(dataset)
-  for _ in range(3):
-    next(first)
-  state = first.get_state()
-  resumed = pipeline.make_iterator(pipeline.make_dataset([pipeline.SourceSpec(dataset_dir)], SPEC, 2, 0))
-  resumed.set_state(state)
+@pytest.mark.parametrize("host_rows", [[[0, 1], [2, 3]], [[0, 2], [1, 3]], [[3], [1], [0, 2]]],
+                         ids=["blocks", "interleaved", "uneven"])
+def test_processes_reading_their_rows_rebuild_the_global_batches(dataset_dir, host_rows):
+  """Whatever rows each process's devices hold, the global batch is the one-process batch, row for
+  row (the per-row noise of a step then meets the same samples)."""
+  single = _batches(dataset_dir, 3, batch_size=4)
+  hosts = [_batches(dataset_dir, 3, batch_size=4, rows=rows) for rows in host_rows]
+  for k, want in enumerate(single):
+    for rows, batches in zip(host_rows, hosts):
+      _assert_same(batches[k], {key: value[rows] for key, value in want.items()})
+
+
+def test_resume_at_a_global_batch_is_exact_for_any_process_split(dataset_dir):
+  """A run resumed at batch 3 (`dataset[3:]`, as the loop does) on other processes reads on."""
+  make = lambda rows=None: pipeline.make_dataset([pipeline.SourceSpec(dataset_dir)], SPEC, 4, 0,  # noqa: E731
+                                                 rows=rows)
+  expected = _batches(dataset_dir, 5, batch_size=4)
+  resumed = pipeline.make_iterator(make([1, 3])[3:])
   for want in expected[3:]:
-    _assert_same(next(resumed), want)
+    _assert_same(next(resumed), {key: value[[1, 3]] for key, value in want.items()})
 
 
-def test_hosts_see_disjoint_halves_of_one_stream(dataset_dir):
-  single = _batches(dataset_dir, 2)                      # 4 samples
-  hosts = [_batches(dataset_dir, 2, process_index=i, process_count=2) for i in range(2)]
-  # Host h's batches hold samples h, h+2, h+4, h+6 of the stream; batch size 1 per host.
-  stream = [{k: v[j] for k, v in b.items()} for b in single for j in range(2)]
-  for h in range(2):
-    got = [{k: v[0] for k, v in b.items()} for b in hosts[h]]
-    for g, want in zip(got, stream[h::2]):
-      for key in want:
-        np.testing.assert_array_equal(g[key], want[key])
+@pytest.mark.parametrize("rows", [[], [0, 4], [1, 1], [[0, 1]], [0.0, 1.0], [-1]])
+def test_bad_rows_are_refused(dataset_dir, rows):
+  with pytest.raises(ValueError, match=r"rows must be distinct integers in \[0, 4\)"):
+    pipeline.make_dataset([pipeline.SourceSpec(dataset_dir)], SPEC, 4, 0, rows=rows)
 
 
 def test_choose_frames_keeps_inputs_in_order_and_novel_views_apart():

@@ -1,8 +1,10 @@
 """One process of the multi-process test (tests/train/test_distributed.py); run as a script.
 
-Every process builds the same 8-row batch, keeps its own rows, and `loop.global_batch` assembles the
-global array; an MLP whose first layer is FSDP-sharded over a (data=2, fsdp=2) mesh spanning all
-processes gives a loss and gradients, printed as one JSON line (process 0 only).
+Every process builds the same 8-row batch, keeps the rows its devices hold
+(`sharding.process_batch_rows`), and `loop.global_batch` assembles the global array; an MLP whose
+first layer is FSDP-sharded over a (data=2, fsdp=2) mesh spanning all processes gives a loss and
+gradients. Each process prints one JSON line: its rows, and (process 0) the loss and gradients.
+`--interleave` orders the mesh's devices alternately by process, as a pod's interconnect order may.
 """
 import argparse
 import json
@@ -17,6 +19,7 @@ def main():
   parser.add_argument("--num_processes", type=int, default=1)
   parser.add_argument("--process_id", type=int, default=0)
   parser.add_argument("--coordinator_address", default=None)
+  parser.add_argument("--interleave", action="store_true")
   args = parser.parse_args()
   if args.num_processes > 1:
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -31,12 +34,13 @@ def main():
   from flashworld_jax.train import loop
 
   assert jax.process_count() == args.num_processes, jax.process_count()
-  mesh = sharding.make_mesh(data=2, fsdp=2)
+  by_process = [[d for d in jax.devices() if d.process_index == p] for p in range(jax.process_count())]
+  devices = [d for group in zip(*by_process) for d in group] if args.interleave else jax.devices()
+  mesh = sharding.make_mesh(data=2, fsdp=2, devices=devices)
   data = np.random.default_rng(0)
   full = {"x": data.normal(size=(ROWS, IN)).astype(np.float32),
           "y": data.normal(size=(ROWS, OUT)).astype(np.float32)}
-  per_process = ROWS // args.num_processes
-  rows = slice(args.process_id * per_process, (args.process_id + 1) * per_process)
+  rows = sharding.process_batch_rows(mesh, ROWS)
   batch = loop.global_batch({k: v[rows] for k, v in full.items()}, mesh)
 
   def init():
@@ -49,13 +53,17 @@ def main():
 
   def loss_fn(p, b):
     prediction = jnp.tanh(b["x"] @ p["w1"]) @ p["w2"]
-    return jnp.mean(jnp.square(prediction - b["y"]))
+    # Weighted by position, as a step's per-row noise ties each sample to its row: rows placed in
+    # another order give another loss.
+    position = jnp.arange(1, ROWS + 1, dtype=jnp.float32)[:, None]
+    return jnp.mean(position * jnp.square(prediction - b["y"]))
 
   loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, batch)
   grads = multihost_utils.process_allgather(grads, tiled=True)
+  report = {"rows": rows.tolist(), "devices": jax.device_count()}
   if jax.process_index() == 0:
-    print(json.dumps({"loss": float(loss), "devices": jax.device_count(),
-                      "grads": {k: np.asarray(v).tolist() for k, v in grads.items()}}), flush=True)
+    report.update(loss=float(loss), grads={k: np.asarray(v).tolist() for k, v in grads.items()})
+  print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

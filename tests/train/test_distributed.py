@@ -49,14 +49,19 @@ def _last_json(stdout: str) -> dict:
   return json.loads(stdout.strip().splitlines()[-1])
 
 
-def test_two_processes_give_the_loss_and_gradients_of_one():
+@pytest.mark.parametrize("interleave, rows", [(False, [[0, 1, 2, 3], [4, 5, 6, 7]]),
+                                             (True, [[0, 1, 4, 5], [2, 3, 6, 7]])],
+                         ids=["blocks", "interleaved"])
+def test_two_processes_give_the_loss_and_gradients_of_one(interleave, rows):
+  """Each process reads the rows its devices hold, wherever the mesh puts them."""
   (single,) = _run_all([[sys.executable, _WORKER]], [_env(4)], timeout=120)
   address = f"localhost:{_free_port()}"
   outputs = _run_all(
       [[sys.executable, _WORKER, "--num_processes=2", f"--process_id={i}",
-        f"--coordinator_address={address}"] for i in range(2)],
+        f"--coordinator_address={address}"] + ["--interleave"] * interleave for i in range(2)],
       [_env(2), _env(2)], timeout=120)
   one, two = _last_json(single), _last_json(outputs[0])
+  assert [_last_json(out)["rows"] for out in outputs] == rows
   assert one["devices"] == two["devices"] == 4
   # Same partitioned program; only the collectives differ (gloo across processes), so the sums
   # may round differently.
@@ -85,35 +90,39 @@ def test_slurm_environment_is_detected_by_jax():
   assert all(o.split()[:2] == ["True", "True"] for o in outputs)
 
 
-def _train_command(cfg, workdir: str, *extra: str) -> list[str]:
+def _train_command(cfg, workdir: str, num_steps: int, *extra: str) -> list[str]:
   overrides = {"data.train_dir": cfg.data.train_dir, "data.eval_dir": "", "eval_every": 0,
                "data.height": cfg.data.height, "data.width": cfg.data.width,
                "data.num_input_views": cfg.data.num_input_views,
-               "data.num_novel_views": cfg.data.num_novel_views, "data.batch_size": 2,
+               "data.num_novel_views": cfg.data.num_novel_views, "data.batch_size": 4,
                "data.num_threads": 1, "model.text.max_length": cfg.model.text.max_length,
-               "num_steps": 1, "log_every": 1, "checkpoint_every": 1,
+               "num_steps": num_steps, "log_every": 1, "checkpoint_every": 1,
                "optimizer.warmup_steps": 1}
   return [sys.executable, "-m", "flashworld_jax.train", "--config=configs/train.py:pretrain_tiny",
           f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items()), *extra]
 
 
-def _step_one_metrics(workdir: str) -> dict:
+def _metrics(workdir: str, step: int) -> dict:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return next(row for row in map(json.loads, f) if row["step"] == 1)
+    return next(row for row in map(json.loads, f) if row["step"] == step)
 
 
 @pytest.mark.slow
-def test_pretraining_step_in_two_processes_matches_one(make_tiny_config, tmp_path):
-  """One real pre-training step through `python -m flashworld_jax.train`: 2 processes × 1 device
-  against 1 process × 2 devices (the same data=2 mesh; one scene per device either way)."""
+def test_pretraining_in_two_processes_matches_one_and_resumes_in_one(make_tiny_config, tmp_path):
+  """Real pre-training steps through `python -m flashworld_jax.train` on a data=4 mesh: 2 processes
+  × 2 devices for step 1, then resumed by 1 process × 4 devices for step 2, against 1 process × 4
+  devices throughout. Every step's per-row noise meets the same sample only if global batch k has
+  the same rows in the same order for any process count."""
   cfg = make_tiny_config()
   single_dir, multi_dir = str(tmp_path / "one"), str(tmp_path / "two")
-  _run_all([_train_command(cfg, single_dir)], [_env(2)], timeout=900)
+  _run_all([_train_command(cfg, single_dir, 2)], [_env(4)], timeout=900)
   address = f"localhost:{_free_port()}"
-  _run_all([_train_command(cfg, multi_dir, f"--coordinator_address={address}",
+  _run_all([_train_command(cfg, multi_dir, 1, f"--coordinator_address={address}",
                            "--num_processes=2", f"--process_id={i}") for i in range(2)],
-           [_env(1), _env(1)], timeout=900)
-  one, two = _step_one_metrics(single_dir), _step_one_metrics(multi_dir)
-  for name in ("loss", "loss_mv", "loss_3d", "grad_norm"):
-    np.testing.assert_allclose(two[name], one[name], rtol=1e-5, err_msg=name)
+           [_env(2), _env(2)], timeout=900)
   assert os.path.isdir(os.path.join(multi_dir, "checkpoints", "1"))
+  _run_all([_train_command(cfg, multi_dir, 2)], [_env(4)], timeout=900)
+  for step in (1, 2):
+    one, two = _metrics(single_dir, step), _metrics(multi_dir, step)
+    for name in ("loss", "loss_mv", "loss_3d", "grad_norm"):
+      np.testing.assert_allclose(two[name], one[name], rtol=1e-5, err_msg=f"step {step} {name}")

@@ -47,6 +47,13 @@ def test_killed_run_resumes_bitwise(uninterrupted, tiny_config, tmp_path):
   # The metrics of the resumed run continue the first one's rows, step by step.
   steps = [row["step"] for row in metric_writer.read_metrics(resumed_dir) if "loss" in row]
   assert steps == [1, 2, 3, 4]
+  # Global batch k depends on the batch size: another one cannot continue the data stream.
+  other = tiny_config.copy_and_resolve_references()
+  other.data.batch_size, other.num_steps = 2 * tiny_config.data.batch_size, 6
+  with pytest.raises(loop.TrainingError, match=rf"checkpoint step 4 was trained with "
+                     rf"data.batch_size={tiny_config.data.batch_size}, the config has "
+                     rf"{other.data.batch_size}"):
+    loop.run(other, resumed_dir)
 
 
 def test_run_writes_config_metrics_and_tensorboard(uninterrupted):
