@@ -142,6 +142,18 @@ def _x0(dit, cfg_dit, z, views: ViewSet, context, sigma, hidden_layers=()):
   return z - sigma[:, None, None, None, None] * velocity, hidden
 
 
+def guided_x0(teacher, cfg_dit, z, views: ViewSet, context, uncond_context, sigma,
+              guidance_scale: float) -> jax.Array:
+  """The teacher's guided x̂₀, u + g·(c − u), the unconditional pass without image or text; with
+  g = 1 only the conditional pass runs (as in the MV sampler's `guided_velocity`)."""
+  x_cond, _ = _x0(teacher, cfg_dit, z, views, context, sigma)
+  if guidance_scale == 1.0:
+    return x_cond
+  no_image = views._replace(cond_latent=jnp.zeros_like(views.cond_latent))
+  x_uncond, _ = _x0(teacher, cfg_dit, z, no_image, uncond_context, sigma)
+  return x_uncond + guidance_scale * (x_cond - x_uncond)
+
+
 def _sigmas(cfg):
   return jnp.asarray(FlowMatchScheduler.from_config(cfg.model.scheduler).step_sigmas, jnp.float32)
 
@@ -234,10 +246,8 @@ def generator_loss(generator, fixed, graphdef, inputs: Inputs, batch: dict, k, s
                                   ("novel", x_novel, _view_sets(inputs)[1], keys[2])):
     x_noisy, sigma = _noised(jax.lax.stop_gradient(x), key_dmd, cfg, d.dmd_u_range[0],
                              d.dmd_u_range[1])
-    x_cond, _ = _x0(nets.teacher, cfg.model.dit, x_noisy, views, inputs.context, sigma)
-    no_image = views._replace(cond_latent=jnp.zeros_like(views.cond_latent))
-    x_uncond, _ = _x0(nets.teacher, cfg.model.dit, x_noisy, no_image, uncond, sigma)
-    x_real = x_uncond + d.guidance_scale * (x_cond - x_uncond)
+    x_real = guided_x0(nets.teacher, cfg.model.dit, x_noisy, views, inputs.context, uncond, sigma,
+                       d.guidance_scale)
     x_fake, _ = _x0(nets.fake, cfg.model.dit, x_noisy, views, inputs.context, sigma)
     metrics[f"loss_dmd_{name}"], _ = dmd_loss(x, x_real, x_fake)
     total += metrics[f"loss_dmd_{name}"]

@@ -124,6 +124,35 @@ def test_no_gradient_through_the_steps_before_k(distill_config, mesh1):
   assert leaves and all(not np.any(np.asarray(g)) for g in leaves)
 
 
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_guided_teacher_follows_the_guidance_formula_and_runs_once_at_scale_one(distill_config,
+                                                                                mesh1, scale):
+  cfg = distill_config
+  graphdef, state, frozen = distill.build(cfg, mesh1)
+  nets = nnx.merge(graphdef, state.generator, state.fake, frozen)
+  batch = {k: jnp.asarray(v) for k, v in _batches(cfg, 1)[0].items()
+           if k not in ("text", "clip_id")}
+  inputs = distill.encode_inputs(nets.flashworld, batch, cfg.data.num_input_views, jax.random.key(0))
+  views = distill._view_sets(inputs)[0]
+  z = jax.random.normal(jax.random.key(2), inputs.latents.shape)
+  sigma = jnp.full((z.shape[0],), 0.6)
+  uncond = distill.text_embeddings(nets.flashworld.text_encoder, batch["uncond_token_ids"],
+                                   batch["uncond_token_mask"])
+  calls = []
+
+  def teacher(*args, **kwargs):
+    calls.append(args[2])
+    return nets.teacher(*args, **kwargs)
+
+  got = distill.guided_x0(teacher, cfg.model.dit, z, views, inputs.context, uncond, sigma, scale)
+  x_cond = distill._x0(nets.teacher, cfg.model.dit, z, views, inputs.context, sigma)[0]
+  no_image = views._replace(cond_latent=jnp.zeros_like(views.cond_latent))
+  x_uncond = distill._x0(nets.teacher, cfg.model.dit, z, no_image, uncond, sigma)[0]
+  assert float(jnp.max(jnp.abs(x_cond - x_uncond))) > 1e-3        # the two passes differ
+  assert len(calls) == (1 if scale == 1.0 else 2)
+  np.testing.assert_allclose(got, x_uncond + scale * (x_cond - x_uncond), rtol=1e-5, atol=1e-5)
+
+
 # Slow lane: in the full default suite this compile aborted the process three times inside jax's
 # persistent compilation cache (serialising, then deserialising this executable); alone it passes.
 @pytest.mark.slow
