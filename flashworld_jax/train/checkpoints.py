@@ -1,10 +1,10 @@
 """Training checkpoints: one Orbax step holds the whole run and, beside it, a model `generate` reads.
 
 Items per step: the train state (parameters, optimizer states, EMA, step, base RNG key), the data
-position (the next global batch, which no process count changes) and the training config, plus the model components in `flashworld_jax.checkpoint`'s
-layout (`dit`, `gaussian_decoder` from the EMA weights by default, the frozen `vae` and
-`text_encoder`) and the model `config`, so `generate --checkpoint=<workdir>/checkpoints` runs the
-latest step directly. Saves are asynchronous and atomic (a step appears only when complete); the
+position (the next global batch, whatever the process count) and the training config, plus the
+model components in `flashworld_jax.checkpoint`'s layout (`dit`, `gaussian_decoder` from the EMA
+weights by default, the frozen `vae` and `text_encoder`) and the model `config`, so
+`generate --checkpoint=<workdir>/checkpoints` runs the latest step directly. Saves are asynchronous and atomic (a step appears only when complete); the
 manager keeps the newest `keep` steps.
 """
 from __future__ import annotations
