@@ -130,9 +130,12 @@ def get_config(arg: str = "pretrain_tiny") -> ml_collections.ConfigDict:
     cfg.model.render.isects_per_gaussian = 16.0
   else:
     # What fits a v5p chip with one sample per chip (README "Training at scale", AOT table): full
-    # remat of the DiT blocks and the Gaussian decoder one view at a time.
+    # remat of the DiT blocks and the Gaussian decoder one view at a time; distillation, whose
+    # generator update backpropagates through the encoding of its renders, encodes them one view
+    # at a time too.
     cfg.model.dit.remat_policy = "full"
     cfg.model.gaussian_decoder.views_one_at_a_time = True
+    cfg.model.vae.encode_views_one_at_a_time = stage == "distill"
     cfg.model.mesh.data, cfg.model.mesh.fsdp = 1, -1
   cfg.data = _data(size)
   if stage == "vae" and cpu:

@@ -14,6 +14,7 @@ import ml_collections
 from flax import nnx
 
 from flashworld_jax import sharding
+from flashworld_jax.models import per_view
 from flashworld_jax.models import vae_layers as L
 from flashworld_jax.models.gaussian_head import GAUSSIAN_DIM, PixelAlignedGaussianHead
 from flashworld_jax.models.vae import VIEW_AXES, WanVAE, WanVAEDecoder
@@ -61,27 +62,13 @@ class GaussianDecoder(nnx.Module):
       raise ValueError(f"latent_mv must be {feature.shape[:3] + (self.z_dim,)} to match feature, "
                        f"got shape {latent_mv.shape}")
     latent = unnormalize(jax.lax.stop_gradient(latent_mv.astype(jnp.float32)))
-    if not self.views_one_at_a_time:
-      return self.gs_head(self.trunk(feature, latent), cams).reshape(-1, GAUSSIAN_DIM)
-    graphdef, state = nnx.split(self)
-
-    def local_views(state, views):
-      # The scan closes over the weights' arrays (an NNX module cannot be closed over across it):
-      # as loop constants they are held once; in the carry the backward pass would keep a copy of
-      # them per view.
-      @jax.checkpoint
-      def one_view(_, view):
-        module = nnx.merge(graphdef, state)
-        f, x, c = (a[None] for a in view)
-        return None, module.gs_head(module.trunk(f, x), c)
-
-      return jax.lax.scan(one_view, None, views)[1]
-
-    # On a mesh each device scans its own views (a scan over the sharded view axis would gather
-    # them all onto every device).
-    gaussians = sharding.map_local_batch(local_views, (feature, latent, cams), state,
-                                         logical_name="act_views")
+    views = (feature, latent, cams)
+    gaussians = (per_view.map_views(self, GaussianDecoder._decode, views)
+                 if self.views_one_at_a_time else self._decode(*views))
     return gaussians.reshape(-1, GAUSSIAN_DIM)
+
+  def _decode(self, feature: jax.Array, latent: jax.Array, cams: jax.Array) -> jax.Array:
+    return self.gs_head(self.trunk(feature, latent), cams)
 
   def fold_lr_multipliers(self) -> None:
     """Folds the head's learning-rate multipliers into its weights (inference, fp32)."""

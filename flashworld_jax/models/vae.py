@@ -13,6 +13,7 @@ import ml_collections
 from flax import nnx
 
 from flashworld_jax import sharding
+from flashworld_jax.models import per_view
 from flashworld_jax.models import vae_layers as L
 
 VIEW_AXES = ("act_views", "act_height", "act_width", "act_channels")
@@ -151,6 +152,10 @@ class WanVAE(nnx.Module):
     self.logvar_clamp = tuple(cfg.logvar_clamp)
     self.dtype = jnp.dtype(cfg.dtype)
     self.downsample = cfg.patch_size * 2 ** (len(cfg.dim_mult) - 1)
+    # Encode (and, in the backward pass, recompute) one view at a time, each device its own views:
+    # for gradients through the encoder (distillation re-encodes its renders), only one view's
+    # full-resolution activations are live, not every view's.
+    self.encode_views_one_at_a_time = cfg.get("encode_views_one_at_a_time", False)
     self.encoder = WanVAEEncoder(cfg, rngs=rngs)
     self.quant_conv = L.conv2d(2 * cfg.z_dim, 2 * cfg.z_dim, 1, dtype=self.dtype, rngs=rngs)
     self.post_quant_conv = (L.conv2d(cfg.z_dim, cfg.z_dim, 1, dtype=self.dtype, rngs=rngs)
@@ -167,10 +172,15 @@ class WanVAE(nnx.Module):
     if images.shape[1] % self.downsample or images.shape[2] % self.downsample:
       raise ValueError(f"encode: image size {images.shape[1]}×{images.shape[2]} must be a "
                        f"multiple of {self.downsample}")
-    x = L.patchify(sharding.constrain(images.astype(self.dtype), VIEW_AXES), self.patch_size)
-    moments = self.quant_conv(self.encoder(x)).astype(jnp.float32)
+    images = sharding.constrain(images, VIEW_AXES)
+    moments = (per_view.map_views(self, WanVAE._moments, (images,))
+               if self.encode_views_one_at_a_time else self._moments(images))
     mean, logvar = jnp.split(moments, 2, axis=-1)
     return mean, jnp.clip(logvar, *self.logvar_clamp)
+
+  def _moments(self, images: jax.Array) -> jax.Array:
+    x = L.patchify(images.astype(self.dtype), self.patch_size)
+    return self.quant_conv(self.encoder(x)).astype(jnp.float32)
 
   @staticmethod
   def sample_posterior(mean: jax.Array, logvar: jax.Array, key: jax.Array) -> jax.Array:

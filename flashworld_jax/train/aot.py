@@ -212,6 +212,7 @@ def _main(argv):
                     "devices": len(devices), "device_kind": devices[0].device_kind,
                     "mesh": dict(mesh.shape), "remat_policy": cfg.model.dit.remat_policy,
                     "decoder_views_one_at_a_time": cfg.model.gaussian_decoder.views_one_at_a_time,
+                    "encoder_views_one_at_a_time": cfg.model.vae.encode_views_one_at_a_time,
                     "global_batch": cfg.data.batch_size, **report,
                     "tflops_per_device_step": round(report["flops"] / 1e12, 2),
                     **_step_time(report["flops"], kind, flags.FLAGS.utilisation)}), flush=True)
