@@ -73,7 +73,8 @@ def _vae(variant):
   c.dtype = "float32"
   # Encode (and, in the backward pass, recompute) one view at a time, each device its own views. On
   # for the 5B distillation (configs/train.py), whose generator update backpropagates through the
-  # encoding of its renders; off here, where all views in one pass are faster.
+  # encoding of its renders: on v5p-64 it cuts that update's temporaries from 73.4 to 36.4 GiB per
+  # chip. Off here, where all views in one pass are faster.
   c.encode_views_one_at_a_time = False
   if variant == "5b":
     c.base_dim, c.decoder_base_dim, c.num_res_blocks = 160, 256, 2
