@@ -152,9 +152,7 @@ class WanVAE(nnx.Module):
     self.logvar_clamp = tuple(cfg.logvar_clamp)
     self.dtype = jnp.dtype(cfg.dtype)
     self.downsample = cfg.patch_size * 2 ** (len(cfg.dim_mult) - 1)
-    # Encode (and, in the backward pass, recompute) one view at a time, each device its own views:
-    # for gradients through the encoder (distillation re-encodes its renders), only one view's
-    # full-resolution activations are live, not every view's.
+    # `per_view.map_views` over the views (configs/flashworld.py says where it is on and why).
     self.encode_views_one_at_a_time = cfg.get("encode_views_one_at_a_time", False)
     self.encoder = WanVAEEncoder(cfg, rngs=rngs)
     self.quant_conv = L.conv2d(2 * cfg.z_dim, 2 * cfg.z_dim, 1, dtype=self.dtype, rngs=rngs)
